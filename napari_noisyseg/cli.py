@@ -1,0 +1,245 @@
+"""``noisyseg``: the napari-noisyseg pipeline on the command line.
+
+Subcommands: ``simulate``, ``train``, ``predict``, ``evaluate``, ``methods``.
+Their arguments and output layout are a stable contract used by the project's
+benchmarks and by checks on data outside this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_params(items) -> dict:
+    params = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--param expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key.strip()] = _parse_value(value.strip())
+    return params
+
+
+def _print_epoch(event) -> None:
+    from .engine.events import EpochEvent, StateEvent
+
+    if isinstance(event, EpochEvent):
+        losses = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
+        iou = event.metrics.get("iou")
+        iou_text = " iou=" + ",".join("-" if v is None else f"{v:.3f}" for v in iou) if iou else ""
+        print(f"epoch {event.epoch + 1}/{event.total_epochs} {losses}{iou_text} ({event.elapsed_s:.0f} s)", flush=True)
+    elif isinstance(event, StateEvent) and event.message:
+        print(event.message, flush=True)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_methods(args) -> int:
+    from .methods import available_methods
+
+    for name, summary in available_methods().items():
+        print(f"{name:12s} {summary}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .pipeline import simulate_folder
+
+    summary = simulate_folder(
+        args.labels, args.noise, args.out, fraction=args.fraction, severity=args.severity,
+        seed=args.seed, per_slice=args.per_slice, overwrite=args.overwrite, **_parse_params(args.param),
+    )
+    changed = summary.get("noise_fraction", [])
+    mean = sum(changed) / len(changed) if changed else 0.0
+    print(f"{len(summary['files'])} label files, {sum(summary['corrupted'])} corrupted, "
+          f"{100 * mean:.2f}% of pixels changed on average -> {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .methods import TrainConfig
+    from .pipeline import load_pairs, train_pairs, write_run
+
+    config = TrainConfig(
+        method=args.method,
+        epochs=args.epochs,
+        minutes=args.minutes,
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        width=args.width,
+        depth=args.depth,
+        learning_rate=args.lr,
+        params=_parse_params(args.param),
+    )
+    loaded = load_pairs(args.images, args.labels)
+    print(f"{len(loaded.names)} image/label pairs; method {args.method}", flush=True)
+    dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode)
+    history = write_run(args.out, loaded, dataset, result, overwrite=args.overwrite, mode=args.mode)
+    print(f"{history['n_proposals']} proposed regions; wrote {args.out}"
+          + (" (stopped early)" if result.stopped else ""))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .core import io
+    from .pipeline import ensure_new_dir, load_images, predict_images
+
+    loaded = load_images(args.images)
+    predictions = predict_images(args.model, loaded, device=args.device)
+    out = ensure_new_dir(args.out, args.overwrite)
+    for name, labels in zip(loaded.names, predictions):
+        io.write_labels(out / f"{name}.tif", labels, overwrite=args.overwrite)
+    print(f"{len(predictions)} label maps -> {args.out}")
+    return 0
+
+
+def _format_table(report: dict) -> str:
+    seg = report["segmentation"]
+    lines = [f"images: {report['n_images']}", "class   dice    iou     hd95"]
+    for c, (d, i, h) in enumerate(zip(seg["dice_per_class"], seg["iou_per_class"], seg["hd95_per_class"])):
+        fmt = lambda v: "   -  " if v is None else f"{v:6.3f}"
+        lines.append(f"{c:5d}  {fmt(d)}  {fmt(i)}  {fmt(h)}")
+    lines.append(f"mean foreground Dice: {seg['mean_fg_dice']:.4f}" if seg.get("mean_fg_dice") is not None
+                 else "mean foreground Dice: -")
+    noise = report.get("noise_detection")
+    if noise:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"
+        lines.append(f"noise detection: AUROC {fmt(noise['auroc'])}  AP {fmt(noise['ap'])}  "
+                     f"F1@{noise['threshold']} {fmt(noise['f1'])}  (noisy pixels {fmt(noise['prevalence'])})")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from .core import io
+    from .pipeline import evaluate_folders
+
+    if bool(args.noise) != bool(args.noise_truth):
+        raise SystemExit("--noise and --noise-truth go together")
+    report = evaluate_folders(args.pred, args.truth, args.noise, args.noise_truth)
+    print(_format_table(report))
+    if args.json:
+        io.atomic_write_text(args.json, json.dumps(report, indent=2), overwrite=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .core.noise import describe_protocols
+
+    parser = argparse.ArgumentParser(
+        prog="noisyseg",
+        description="Find and fix wrong segmentation annotations: simulate label noise, train a "
+        "noisy-label method, propose corrections, predict, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-noisyseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("methods", help="list the registered methods", description="List the registered methods.")
+    p.set_defaults(func=cmd_methods)
+
+    protocols = "\n".join(f"  {name:16s} {text}" for name, text in describe_protocols().items())
+    p = sub.add_parser(
+        "simulate", help="corrupt clean labels with a noise protocol",
+        description="Corrupt clean labels. Writes OUT/labels/<stem>.<ext> (noisy labels, same format), "
+        "OUT/noise_mask/<stem>.tif (1 where noisy != clean) and OUT/simulate.json (parameters, seed).",
+        epilog="protocols (combine with '+', e.g. missing+spurious):\n" + protocols,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--labels", required=True, help="folder of clean label files")
+    p.add_argument("--noise", required=True, help="protocol name, or several joined by '+'")
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of files corrupted (default 1.0)")
+    p.add_argument("--severity", type=float, default=1.0, help="strength within the protocol's usual range (default 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-slice", action="store_true", help="3D labels: corrupt every slice independently")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="protocol parameter, JSON value (e.g. radius=[2,5] or p=0.3); repeatable")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "train", help="train a method on images + (noisy) labels and propose corrections",
+        description="Train a noisy-label method. Writes RUN/model.safetensors, RUN/history.json, "
+        "RUN/noise/<stem>.tif (float32 noise likelihood in [0, 1]), RUN/corrected/<stem>.tif "
+        "(proposed labels) and RUN/proposals.csv (one row per proposed region).",
+    )
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--labels", required=True, help="folder of labels, paired with images by file stem")
+    p.add_argument("--method", default="baseline", help="method name (see `noisyseg methods`)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=30, help="epoch budget (default 30)")
+    budget.add_argument("--minutes", type=float, default=None, help="wall-time budget instead of epochs")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="auto", choices=["auto", "2d", "stack", "volume"],
+                   help="3D files: 'volume' (default for 3D, sliced along axis 0) or 'stack' (independent slices)")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--width", type=int, default=16, help="U-Net channels at the first level")
+    p.add_argument("--depth", type=int, default=4, help="U-Net down-sampling steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (JSON value); repeatable")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment images with a trained model",
+                       description="Segment images with a model from `noisyseg train`. Writes OUT/<stem>.tif labels.")
+    p.add_argument("--model", required=True, help="run folder (or its model.safetensors)")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate", help="score predictions (and noise maps) against truth",
+        description="Dice, IoU and HD95 per class of PRED against TRUTH (paired by stem); with --noise and "
+        "--noise-truth also pixel AUROC / AP / F1 of noise maps against true noise masks.",
+    )
+    p.add_argument("--pred", required=True, help="folder of predicted (or corrected) labels")
+    p.add_argument("--truth", required=True, help="folder of reference labels")
+    p.add_argument("--noise", help="folder of noise-likelihood maps (e.g. RUN/noise)")
+    p.add_argument("--noise-truth", help="folder of true noise masks (e.g. SIM/noise_mask)")
+    p.add_argument("--json", help="also write the report to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .core.checkpoint import CheckpointError
+    from .core.io import InputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (InputError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"noisyseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

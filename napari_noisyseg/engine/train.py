@@ -1,0 +1,256 @@
+"""The training loop machinery every method shares.
+
+A method owns its algorithm; :class:`TrainingRun` owns everything around it:
+seeding, device and numeric path, the patch sampler, the epoch or time budget,
+the stop flag (checked before every step), typed events, per-class IoU
+tracking against the current training labels, and batched inference.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.patches import PatchSampler, crop, effective_patch_size, valid_mask
+from .device import numeric_path, resolve_device
+from .events import EpochEvent, PreviewEvent, StateEvent, StepEvent, as_progress
+from .infer import predict_many
+from .unet import UNet
+
+# Fraction of a time budget kept for the final predictions over every sample.
+PREDICTION_RESERVE = 0.15
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Batch:
+    """Tensors of one training step, on the run's device.
+
+    image (B, C, P, P) float32; labels (B, P, P) int64; weights (B, P, P) float32
+    (0 on padding and ignored pixels); trust (B, P, P) bool; samples (B,) int64;
+    extras: method arrays cropped the same way.
+    """
+
+    image: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor
+    trust: torch.Tensor
+    samples: torch.Tensor
+    specs: list
+    extras: dict = field(default_factory=dict)
+
+
+class TrainingRun:
+    """One training session over a dataset.
+
+    Parameters
+    ----------
+    dataset : NoisyDataset
+    config : TrainConfig
+    events : Progress, callable or None
+    """
+
+    def __init__(self, dataset, config, events=None):
+        self.dataset = dataset
+        self.config = config
+        self.progress = as_progress(events)
+        self.device, self.device_note = resolve_device(config.device)
+        self.path = numeric_path(self.device, config.precision)
+        seed_everything(config.seed)
+        self.multiple = 2**config.depth
+        shapes = [sample.shape for sample in dataset.samples]
+        self.patch_size = effective_patch_size(shapes, config.patch_size, self.multiple)
+        self.sampler = PatchSampler(shapes, self.patch_size, config.batch_size, config.seed, config.augment)
+        self.started = time.perf_counter()
+        self.deadline = self.started + 60.0 * config.minutes if config.minutes else None
+        self.total_epochs = int(config.epochs) if not config.minutes else None
+        self.global_step = 0
+        self.stopped = False
+        self.history: dict = defaultdict(list)
+        self._confusion = None
+        self._epoch_losses: dict = defaultdict(list)
+        self.progress.emit(StateEvent("starting", self.device_note or f"Training on {self.path.name}."))
+
+    # ----- budget and stopping -------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def planned_epochs(self, default: int = 10) -> int:
+        """Total epochs of the run; under a time budget, an estimate until the first epoch ends."""
+        return self.total_epochs if self.total_epochs is not None else default
+
+    def out_of_time(self) -> bool:
+        if self.deadline is None:
+            return False
+        return time.perf_counter() > self.deadline - PREDICTION_RESERVE * 60.0 * self.config.minutes
+
+    def should_stop(self) -> bool:
+        """True once stop was requested or the time budget is spent."""
+        if self.progress.stop_requested or self.out_of_time():
+            if not self.stopped and self.progress.stop_requested:
+                self.progress.emit(StateEvent("stopping", "Stop requested: finishing with what was learnt."))
+            self.stopped = self.stopped or self.progress.stop_requested
+            return True
+        return False
+
+    def epochs(self, start: int = 0, count: int | None = None):
+        """Yield epoch numbers until the budget (or ``count`` epochs) is used or a stop is requested."""
+        epoch = start
+        while True:
+            limit = self.planned_epochs() if count is None else start + count
+            if epoch >= limit or self.should_stop():
+                return
+            yield epoch
+            epoch += 1
+
+    # ----- models --------------------------------------------------------------
+    def new_model(self, seed_offset: int = 0, **overrides) -> tuple[UNet, torch.optim.Optimizer]:
+        """A fresh U-Net (seeded with ``seed + seed_offset``) and its AdamW optimiser."""
+        cfg = self.config
+        spec = dict(
+            in_channels=self.dataset.in_channels, n_classes=self.dataset.n_classes,
+            width=cfg.width, depth=cfg.depth, ndim=2, dropout=cfg.dropout,
+        )
+        spec.update(overrides)
+        torch.manual_seed(cfg.seed * 1000 + seed_offset)
+        model = UNet(**spec).to(self.device, memory_format=self.path.memory_format(4))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return model, optimizer
+
+    def make_scaler(self):
+        return torch.amp.GradScaler(self.device.type) if self.path.grad_scaler else None
+
+    def step(self, optimizer, loss: torch.Tensor, scaler=None, epoch: int = 0, losses: dict | None = None) -> None:
+        """Backward, optimiser step, bookkeeping, a :class:`StepEvent`."""
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        self.global_step += 1
+        losses = losses if losses is not None else {"loss": float(loss.detach())}
+        for key, value in losses.items():
+            self._epoch_losses[key].append(float(value))
+        self.progress.emit(StepEvent(epoch, self.global_step, losses))
+
+    # ----- data ----------------------------------------------------------------
+    def batches(self, samples=None, extras: dict | None = None):
+        """Yield the :class:`Batch` es of one epoch; stops early when :meth:`should_stop`.
+
+        Parameters
+        ----------
+        samples : list of int, optional
+            Restrict the epoch to these samples.
+        extras : dict of name -> (list of per-sample ndarray (..., H, W), pad value)
+            Method state cropped exactly like the image (current labels, soft targets).
+        """
+        extras = extras or {}
+        for specs in self.sampler.epoch(samples):
+            if self.should_stop():
+                return
+            yield self.make_batch(specs, extras)
+
+    def make_batch(self, specs, extras: dict | None = None) -> Batch:
+        samples = self.dataset.samples
+        fmt = self.path.memory_format(4)
+        image = np.stack([crop(samples[s.sample].image, s, 0.0) for s in specs])
+        labels = np.stack([crop(samples[s.sample].labels, s, 0) for s in specs])
+        weights = np.stack(
+            [valid_mask(samples[s.sample].shape, s) * (1 - crop(samples[s.sample].ignore, s, True)) for s in specs]
+        )
+        trust = np.stack([crop(samples[s.sample].trust, s, False) for s in specs])
+        to = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        cropped = {
+            name: to(np.stack([crop(arrays[s.sample], s, pad) for s in specs]))
+            for name, (arrays, pad) in (extras or {}).items()
+        }
+        return Batch(
+            image=to(image).contiguous(memory_format=fmt),
+            labels=to(labels.astype(np.int64)),
+            weights=to(weights.astype(np.float32)),
+            trust=to(trust),
+            samples=torch.tensor([s.sample for s in specs], device=self.device),
+            specs=list(specs),
+            extras=cropped,
+        )
+
+    # ----- metrics and events --------------------------------------------------
+    @torch.no_grad()
+    def track(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> None:
+        """Accumulate a confusion matrix of argmax predictions vs ``labels`` on weighted pixels."""
+        n_classes = logits.shape[1]
+        keep = weights > 0
+        pred = logits.argmax(dim=1)[keep]
+        target = labels[keep].clamp(0, n_classes - 1)
+        counts = torch.bincount(target * n_classes + pred, minlength=n_classes**2)
+        counts = counts.reshape(n_classes, n_classes).cpu().numpy()
+        self._confusion = counts if self._confusion is None else self._confusion + counts
+
+    def end_epoch(self, epoch: int, **extra) -> dict:
+        """Close an epoch: record mean losses, per-class IoU vs the current labels and ``extra``.
+
+        Under a time budget the first epoch's duration fixes the epoch plan.
+        Returns the epoch's record.
+        """
+        record = {key: float(np.mean(values)) for key, values in self._epoch_losses.items()}
+        self._epoch_losses = defaultdict(list)
+        metrics = {}
+        if self._confusion is not None:
+            confusion = self._confusion
+            tp = np.diag(confusion).astype(float)
+            union = confusion.sum(0) + confusion.sum(1) - tp
+            iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+            metrics["iou"] = [None if np.isnan(v) else float(v) for v in iou]
+            self._confusion = None
+        self.history["epoch"].append(epoch)
+        self.history["elapsed_s"].append(round(self.elapsed, 3))
+        for key, value in {**record, **metrics, **extra}.items():
+            self.history[key].append(value)
+        if self.total_epochs is None:
+            per_epoch = self.elapsed / (epoch + 1)
+            budget = 60.0 * self.config.minutes * (1 - PREDICTION_RESERVE)
+            self.total_epochs = max(epoch + 1, int(budget // max(per_epoch, 1e-3)))
+        self.progress.emit(EpochEvent(epoch, self.planned_epochs(), record, {**metrics, **extra}, self.elapsed))
+        return record
+
+    def maybe_preview(self, make_preview) -> None:
+        """Every ``preview_every`` steps, emit ``make_preview(indices) -> (noise, corrected)``."""
+        every = self.config.preview_every
+        if not every or self.global_step % every:
+            return
+        indices = [i for i in self.config.preview_samples if 0 <= i < len(self.dataset)]
+        if not indices:
+            return
+        noise, corrected = make_preview(indices)
+        self.progress.emit(PreviewEvent(self.global_step, indices, noise, corrected))
+
+    # ----- inference -----------------------------------------------------------
+    def predict(self, models, samples=None, **kwargs) -> list:
+        """Probabilities (K, H, W) float32 of ``samples`` (default: all) averaged over ``models``."""
+        indices = range(len(self.dataset)) if samples is None else samples
+        images = [self.dataset.samples[i].image for i in indices]
+        tile = max(512, self.patch_size)
+        return predict_many(models, images, self.path, tile=tile, multiple=self.multiple, **kwargs)
+
+    def finish_history(self) -> dict:
+        history = dict(self.history)
+        history["device"] = self.path.name
+        history["patch_size"] = self.patch_size
+        history["steps"] = self.global_step
+        history["stopped"] = self.stopped
+        history["wall_s"] = round(self.elapsed, 3)
+        return history

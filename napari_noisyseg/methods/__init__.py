@@ -1,0 +1,38 @@
+"""The method registry: one module per method, one line per registration.
+
+Every method module exposes ``NAME``, ``SUMMARY``, ``DEFAULTS`` (its own
+parameters) and ``fit(dataset, config, events) -> CurationResult``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import CurationResult, TrainConfig
+
+# name -> module path; modules are imported on first use so listing methods stays fast.
+REGISTRY: dict[str, str] = {
+    "baseline": "napari_noisyseg.methods.baseline",
+}
+
+DEFAULT_METHOD = "baseline"
+
+
+def get_method(name: str):
+    """The module implementing ``name``; unknown names list the known ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown method {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return importlib.import_module(REGISTRY[name])
+
+
+def available_methods() -> dict[str, str]:
+    """Method name -> one-line summary."""
+    return {name: get_method(name).SUMMARY for name in REGISTRY}
+
+
+def fit(dataset, config: TrainConfig, events=None) -> CurationResult:
+    """Run ``config.method`` on ``dataset``."""
+    return get_method(config.method).fit(dataset, config, events)
+
+
+__all__ = ["REGISTRY", "DEFAULT_METHOD", "CurationResult", "TrainConfig", "available_methods", "fit", "get_method"]

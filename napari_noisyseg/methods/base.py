@@ -1,0 +1,187 @@
+"""What every method takes and returns (METHODS.md §0)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every method; ``params`` holds the method's own.
+
+    Attributes
+    ----------
+    method : str
+        Registry name (``noisyseg methods`` lists them).
+    epochs : int or None
+        Epoch budget. Ignored when ``minutes`` is set.
+    minutes : float or None
+        Wall-time budget; the number of epochs is planned from the speed of the
+        first steps, and training also stops when the time is up.
+    device : str
+        ``auto`` (cuda → mps → cpu), ``cuda``, ``mps`` or ``cpu``.
+    precision : str
+        ``auto`` (the fastest correct path for the device), ``fp32``, ``bf16``, ``fp16``.
+    seed : int
+        Same seed, same device → same result.
+    patch_size, batch_size : int
+        Square training patches; samples smaller than a patch are padded.
+    width, depth, dropout : U-Net size (see :class:`napari_noisyseg.engine.unet.UNet`).
+    preview_every : int
+        Emit a :class:`PreviewEvent` every this many steps (0 = never).
+    preview_samples : tuple of int
+        Sample indices the previews cover.
+    params : dict
+        Method-specific settings, merged over the method's ``DEFAULTS``.
+    """
+
+    method: str = "baseline"
+    epochs: int | None = 30
+    minutes: float | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    patch_size: int = 256
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    width: int = 16
+    depth: int = 4
+    dropout: float = 0.0
+    augment: bool = True
+    preview_every: int = 0
+    preview_samples: tuple = (0,)
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["preview_samples"] = list(self.preview_samples)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown training settings: {sorted(unknown)}")
+        data = dict(data)
+        if "preview_samples" in data:
+            data["preview_samples"] = tuple(data["preview_samples"])
+        return cls(**data)
+
+    def with_params(self, defaults: dict) -> dict:
+        """The method's parameters: ``defaults`` overridden by ``self.params`` (unknown keys refused)."""
+        unknown = set(self.params) - set(defaults)
+        if unknown:
+            raise ValueError(
+                f"Unknown parameters for method {self.method!r}: {sorted(unknown)}; "
+                f"known: {sorted(defaults)}"
+            )
+        return {**defaults, **self.params}
+
+
+@dataclass
+class CurationResult:
+    """The output of every method, per sample of the dataset.
+
+    Attributes
+    ----------
+    method : str
+    probabilities : list of ndarray, float32 (K, H, W)
+        Class probabilities of the final model(s).
+    noise : list of ndarray, float32 (H, W)
+        Likelihood in [0, 1] that the given label is wrong (0 on trusted pixels).
+    corrected : list of ndarray, int64 (H, W)
+        Proposed labels; equal to the given labels where no change is proposed
+        and on every trusted pixel.
+    sample_reliability : ndarray, float64 (N,)
+        One score per sample in [0, 1]; low = review first.
+    history : dict
+        Per-epoch curves (``epoch``, ``loss``, ``iou`` per class, method extras).
+    models : dict of str -> torch.nn.Module
+        Trained networks; ``final_model`` names the one that predicts.
+    config : TrainConfig
+    stopped : bool
+        True when training was stopped early; the result is still usable.
+    """
+
+    method: str
+    probabilities: list
+    noise: list
+    corrected: list
+    sample_reliability: np.ndarray
+    history: dict
+    models: dict
+    config: TrainConfig
+    final_model: str = "model"
+    stopped: bool = False
+    n_classes: int = 2
+    in_channels: int = 1
+    device_note: str | None = None
+
+
+def enforce_trust(dataset, noise: list, corrected: list) -> tuple[list, list]:
+    """Trusted pixels are clean by definition: zero noise, original label kept.
+
+    Also clips noise to [0, 1] and keeps ignored pixels' labels unchanged.
+    """
+    out_noise, out_corrected = [], []
+    for sample, sample_noise, sample_corrected in zip(dataset.samples, noise, corrected):
+        sample_noise = np.clip(np.nan_to_num(np.asarray(sample_noise, np.float32)), 0.0, 1.0)
+        sample_corrected = np.array(sample_corrected, dtype=np.int64, copy=True)
+        frozen = sample.trust | sample.ignore
+        sample_noise[frozen] = 0.0
+        sample_corrected[frozen] = sample.labels[frozen]
+        out_noise.append(sample_noise)
+        out_corrected.append(sample_corrected)
+    return out_noise, out_corrected
+
+
+def noise_from_probabilities(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1 − p(given label): float32 (H, W) from probabilities (K, H, W) and labels (H, W)."""
+    given = np.take_along_axis(probabilities, labels[np.newaxis].clip(0, probabilities.shape[0] - 1), axis=0)[0]
+    return (1.0 - given).astype(np.float32)
+
+
+def reliability_from_noise(noise: np.ndarray, labels: np.ndarray, corrected: np.ndarray) -> float:
+    """1 − mean noise over the pixels that matter (given or proposed foreground).
+
+    Background far from any object is easy and would make every image look
+    reliable, so it is left out; an image with no foreground at all uses every pixel.
+    """
+    region = (labels > 0) | (corrected > 0)
+    values = noise[region] if region.any() else noise
+    return float(1.0 - values.mean()) if values.size else 1.0
+
+
+def result_from_run(run, probabilities, noise, corrected, models, final_model="model", reliability=None,
+                    history_extra=None) -> CurationResult:
+    """Package a finished :class:`~napari_noisyseg.engine.train.TrainingRun` as a :class:`CurationResult`.
+
+    Enforces trust on ``noise``/``corrected`` and fills reliability from the noise
+    when the method gives none.
+    """
+    dataset = run.dataset
+    noise, corrected = enforce_trust(dataset, noise, corrected)
+    if reliability is None:
+        reliability = [reliability_from_noise(n, s.labels, c) for n, s, c in zip(noise, dataset.samples, corrected)]
+    history = run.finish_history()
+    history.update(history_extra or {})
+    return CurationResult(
+        method=run.config.method,
+        probabilities=[np.asarray(p, np.float32) for p in probabilities],
+        noise=noise,
+        corrected=corrected,
+        sample_reliability=np.clip(np.asarray(reliability, np.float64), 0.0, 1.0),
+        history=history,
+        models=models,
+        config=run.config,
+        final_model=final_model,
+        stopped=run.stopped,
+        n_classes=dataset.n_classes,
+        in_channels=dataset.in_channels,
+        device_note=run.device_note,
+    )
