@@ -65,6 +65,7 @@ class NoisyDataset:
     sources: list[Source]
     n_classes: int
     in_channels: int
+    intensity_floor: float = 0.0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -91,7 +92,7 @@ class NoisyDataset:
             if kept:
                 sources.append(Source(source.name, source.mode, source.labels_shape, kept))
         samples = [self.samples[i] for i in indices]
-        return NoisyDataset(samples, sources, self.n_classes, self.in_channels)
+        return NoisyDataset(samples, sources, self.n_classes, self.in_channels, self.intensity_floor)
 
     def with_trust(self, trust: list[np.ndarray]) -> "NoisyDataset":
         """A copy whose samples carry new per-sample trust masks (H, W) bool."""
@@ -99,19 +100,41 @@ class NoisyDataset:
             Sample(s.image, s.labels, np.asarray(t, bool), s.ignore, s.source, s.position, s.name)
             for s, t in zip(self.samples, trust)
         ]
-        return NoisyDataset(samples, self.sources, self.n_classes, self.in_channels)
+        return NoisyDataset(samples, self.sources, self.n_classes, self.in_channels, self.intensity_floor)
 
 
-def normalize_percentile(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
+    """The (low, high) percentiles of ``image`` as floats."""
+    lo, hi = np.percentile(np.asarray(image, dtype=np.float32), [low, high])
+    return float(lo), float(hi)
+
+
+def normalize_percentile(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, min_range: float = 0.0
+) -> np.ndarray:
     """Map the [low, high] percentiles of ``image`` to [0, 1] and clip; float32.
 
+    ``min_range`` is the smallest intensity span that is stretched to 0..1: an
+    image with no objects (only background noise) would otherwise have its
+    noise stretched to full contrast and look like foreground to a network.
     A constant image becomes all zeros rather than NaN.
     """
     image = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(image, [low, high])
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo < 1e-12:
+    lo, hi = percentile_range(image, low, high)
+    span = max(hi - lo, min_range)
+    if not np.isfinite(lo) or not np.isfinite(span) or span < 1e-12:
         return np.zeros_like(image, dtype=np.float32)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return np.clip((image - lo) / span, 0.0, 1.0).astype(np.float32)
+
+
+def intensity_range_floor(images: list[np.ndarray], fraction: float = 0.25) -> float:
+    """``fraction`` × the median percentile span of ``images`` (**ours**).
+
+    Used as ``min_range`` so that a sample whose span is far below its
+    dataset's typical span (an empty field of view) is not over-stretched.
+    """
+    spans = [np.subtract(*percentile_range(image)[::-1]) for image in images]
+    return float(fraction * np.median(spans)) if spans else 0.0
 
 
 def _channels_first(image: np.ndarray, labels_shape: tuple) -> np.ndarray:
@@ -121,6 +144,16 @@ def _channels_first(image: np.ndarray, labels_shape: tuple) -> np.ndarray:
     if image.shape[:-1] == tuple(labels_shape) and image.shape[-1] in (3, 4):
         return np.moveaxis(image[..., :3], -1, 0)
     raise ValueError(f"image shape {image.shape} does not match labels shape {labels_shape}")
+
+
+def _mask_copy(mask, shape: tuple, what: str, name: str) -> np.ndarray:
+    """A private bool copy of a caller's trust/ignore mask (all False when None)."""
+    if mask is None:
+        return np.zeros(shape, bool)
+    mask = np.array(mask, dtype=bool, copy=True)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{name}: {what} mask shape {mask.shape} does not match labels shape {tuple(shape)}")
+    return mask
 
 
 def _infer_mode(labels: np.ndarray, mode: str) -> str:
@@ -143,6 +176,7 @@ def build_dataset(
     trust: list[np.ndarray | None] | None = None,
     ignore: list[np.ndarray | None] | None = None,
     n_classes: int | None = None,
+    intensity_floor: float | None = None,
 ) -> NoisyDataset:
     """Build a :class:`NoisyDataset` from image/label pairs.
 
@@ -162,6 +196,10 @@ def build_dataset(
         Same shapes as the labels.
     n_classes : int, optional
         Defaults to max label + 1 (at least 2).
+    intensity_floor : float, optional
+        Smallest intensity span stretched to 0..1 by the per-sample
+        normalisation; defaults to :func:`intensity_range_floor` of the given
+        images. Pass the training set's value when predicting on new images.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} label arrays")
@@ -171,6 +209,9 @@ def build_dataset(
     modes = [modes] * len(images) if isinstance(modes, str) else list(modes)
     trust = trust or [None] * len(images)
     ignore = ignore or [None] * len(images)
+    if intensity_floor is None:
+        intensity_floor = intensity_range_floor(_normalisation_units(images, labels, modes))
+    range_floor = float(intensity_floor)
     samples: list[Sample] = []
     sources: list[Source] = []
     channels = None
@@ -186,19 +227,19 @@ def build_dataset(
                 f"{names[source_index]}: {image.shape[0]} channels but earlier images have {channels}"
             )
         if mode == "volume":
-            image = normalize_percentile(image)
+            image = normalize_percentile(image, min_range=range_floor)
         label = label.astype(np.int64, copy=True)
         label.setflags(write=False)
         max_label = max(max_label, int(label.max(initial=0)))
-        source_trust = np.zeros(label.shape, bool) if trust[source_index] is None else np.asarray(trust[source_index], bool)
-        source_ignore = np.zeros(label.shape, bool) if ignore[source_index] is None else np.asarray(ignore[source_index], bool)
+        source_trust = _mask_copy(trust[source_index], label.shape, "trust", names[source_index])
+        source_ignore = _mask_copy(ignore[source_index], label.shape, "ignore", names[source_index])
         source = Source(names[source_index], mode, label.shape)
         positions = [()] if mode == "2d" else [(z,) for z in range(label.shape[0])]
         for position in positions:
             index = (slice(None),) + position
             sample_image = image[index]
             if mode != "volume":
-                sample_image = normalize_percentile(sample_image)
+                sample_image = normalize_percentile(sample_image, min_range=range_floor)
             name = names[source_index] if not position else f"{names[source_index]}[{position[0]}]"
             source.sample_indices.append(len(samples))
             samples.append(
@@ -216,4 +257,17 @@ def build_dataset(
     n_classes = n_classes or max_label + 1
     if max_label >= n_classes:
         raise ValueError(f"labels contain class {max_label} but n_classes is {n_classes}")
-    return NoisyDataset(samples, sources, int(n_classes), int(channels))
+    return NoisyDataset(samples, sources, int(n_classes), int(channels), range_floor)
+
+
+def _normalisation_units(images, labels, modes) -> list[np.ndarray]:
+    """The arrays that are normalised one by one: whole volumes, or single slices/images."""
+    units = []
+    for image, label, mode in zip(images, labels, modes):
+        mode = _infer_mode(np.asarray(label), mode)
+        image = np.asarray(image)
+        if mode == "stack":
+            units.extend(image[z] for z in range(image.shape[0]))
+        else:
+            units.append(image)
+    return units
