@@ -60,7 +60,8 @@ def cmd_simulate(args) -> int:
 
     summary = simulate_folder(
         args.labels, args.noise, args.out, fraction=args.fraction, severity=args.severity,
-        seed=args.seed, per_slice=args.per_slice, overwrite=args.overwrite, **_parse_params(args.param),
+        seed=args.seed, per_slice=args.per_slice, overwrite=args.overwrite, images_dir=args.images,
+        **_parse_params(args.param),
     )
     changed = summary.get("noise_fraction", [])
     mean = sum(changed) / len(changed) if changed else 0.0
@@ -71,7 +72,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_train(args) -> int:
     from .methods import TrainConfig
-    from .pipeline import load_pairs, train_pairs, write_run
+    from .pipeline import check_new_dir, load_pairs, train_pairs, write_run
 
     config = TrainConfig(
         method=args.method,
@@ -87,6 +88,7 @@ def cmd_train(args) -> int:
         learning_rate=args.lr,
         params=_parse_params(args.param),
     )
+    check_new_dir(args.out, args.overwrite)  # fail before training, not after it
     loaded = load_pairs(args.images, args.labels)
     print(f"{len(loaded.names)} image/label pairs; method {args.method}", flush=True)
     dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode)
@@ -98,8 +100,9 @@ def cmd_train(args) -> int:
 
 def cmd_predict(args) -> int:
     from .core import io
-    from .pipeline import ensure_new_dir, load_images, predict_images
+    from .pipeline import check_new_dir, ensure_new_dir, load_images, predict_images
 
+    check_new_dir(args.out, args.overwrite)  # fail before predicting, not after it
     loaded = load_images(args.images)
     predictions = predict_images(args.model, loaded, device=args.device)
     out = ensure_new_dir(args.out, args.overwrite)
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--labels", required=True, help="folder of clean label files")
+    p.add_argument("--images", default=None,
+                   help="folder of images paired with the labels by file stem; needed by model_noise "
+                   "(a weak network trained on a few of them predicts the noisy labels), ignored otherwise")
     p.add_argument("--noise", required=True, help="protocol name, or several joined by '+'")
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of files corrupted (default 1.0)")
     p.add_argument("--severity", type=float, default=1.0, help="strength within the protocol's usual range (default 1.0)")
@@ -227,13 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .core.checkpoint import CheckpointError
+    # InputError and CheckpointError are ValueErrors; naming CheckpointError here would
+    # import torch before parsing and make `noisyseg --help` take seconds.
     from .core.io import InputError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (InputError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"noisyseg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -80,11 +80,22 @@ def _label_shape(image: np.ndarray, in_channels: int) -> tuple:
     return image.shape
 
 
-def ensure_new_dir(path, overwrite: bool) -> Path:
-    """Create ``path``; refuse a non-empty existing folder unless ``overwrite``."""
+def check_new_dir(path, overwrite: bool) -> Path:
+    """Refuse a non-empty existing folder (unless ``overwrite``) or a file, without creating anything.
+
+    Call it before long work (training) so that a bad ``--out`` fails at once.
+    """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is a file, not a folder")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to write into it")
+    return path
+
+
+def ensure_new_dir(path, overwrite: bool) -> Path:
+    """Create ``path``; refuse a non-empty existing folder unless ``overwrite``."""
+    path = check_new_dir(path, overwrite)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -93,14 +104,22 @@ def ensure_new_dir(path, overwrite: bool) -> Path:
 
 
 def simulate_folder(labels_dir, protocol, out_dir, fraction=1.0, severity=1.0, seed=0,
-                    per_slice=False, overwrite=False, **params) -> dict:
+                    per_slice=False, overwrite=False, images_dir=None, **params) -> dict:
     """Corrupt every label file of a folder; write noisy labels, true noise masks and parameters.
 
     Writes ``out/labels/<stem><ext>`` (same format as the input),
     ``out/noise_mask/<stem>.tif`` (uint8 0/1) and ``out/simulate.json``.
-    """
-    from .core.noise import simulate_noise
 
+    ``images_dir`` (paired with the labels by file stem) is needed by the
+    ``model_noise`` protocol only, whose weak network trains on and predicts
+    from the images (:mod:`napari_noisyseg.core.model_noise`); other protocols ignore it.
+    """
+    from .core.noise import _parse_protocols, simulate_noise
+
+    protocols = _parse_protocols(protocol)
+    if "model_noise" in protocols:
+        return _simulate_model_noise_folder(labels_dir, protocols, out_dir, fraction, severity, seed,
+                                            per_slice, overwrite, images_dir, **params)
     files = io.list_files(labels_dir)
     if not files:
         raise io.InputError(f"{labels_dir}: no supported label files")
@@ -112,6 +131,37 @@ def simulate_folder(labels_dir, protocol, out_dir, fraction=1.0, severity=1.0, s
         metas.append(meta)
     run = simulate_noise(clean, protocol, fraction=fraction, severity=severity, seed=seed,
                          per_slice=per_slice, **params)
+    return _write_simulation(out, files, metas, run, labels_dir, overwrite)
+
+
+def _simulate_model_noise_folder(labels_dir, protocols, out_dir, fraction, severity, seed, per_slice,
+                                 overwrite, images_dir, **params) -> dict:
+    """The ``model_noise`` branch of :func:`simulate_folder`."""
+    from .core.model_noise import resolve_model_noise_params, simulate_model_noise
+
+    if protocols != ["model_noise"]:
+        raise ValueError("model_noise cannot be combined with other protocols in one run; "
+                         "simulate twice (the second run on the first run's labels)")
+    if images_dir is None:
+        raise io.InputError("the model_noise protocol needs the images: pass --images DIR "
+                            "(image files paired with the label files by name)")
+    if per_slice:
+        raise ValueError("--per-slice does not apply to model_noise (3D volumes are already "
+                         "trained and predicted slice by slice)")
+    resolve_model_noise_params(severity, **params)  # refuse unknown parameters before any work
+    loaded = load_pairs(images_dir, labels_dir)
+    out = ensure_new_dir(out_dir, overwrite)
+    run = simulate_model_noise(loaded.images, loaded.labels, fraction=fraction, severity=severity,
+                               seed=seed, names=loaded.names, **params)
+    files = [Path(meta.path) for meta in loaded.label_metas]
+    summary = _write_simulation(out, files, loaded.label_metas, run, labels_dir, overwrite, write_json=False)
+    summary["images"] = str(Path(images_dir).resolve())
+    io.atomic_write_text(out / "simulate.json", json.dumps(summary, indent=2), overwrite=overwrite)
+    return summary
+
+
+def _write_simulation(out, files, metas, run, labels_dir, overwrite, write_json=True) -> dict:
+    """Write a :class:`~napari_noisyseg.core.noise.NoiseRun` in the ``simulate`` layout."""
     stems = []
     for path, meta, noisy, mask in zip(files, metas, run.noisy, run.noise_masks):
         stem, ext = io.split_stem(path)
@@ -122,7 +172,8 @@ def simulate_folder(labels_dir, protocol, out_dir, fraction=1.0, severity=1.0, s
     summary["files"] = stems
     summary["source"] = str(Path(labels_dir).resolve())
     summary["package_version"] = __version__
-    io.atomic_write_text(out / "simulate.json", json.dumps(summary, indent=2), overwrite=overwrite)
+    if write_json:
+        io.atomic_write_text(out / "simulate.json", json.dumps(summary, indent=2), overwrite=overwrite)
     return summary
 
 
@@ -143,7 +194,7 @@ def write_run(out_dir, loaded: LoadedPairs, dataset, result, overwrite=False, mo
     """
     out = ensure_new_dir(out_dir, overwrite)
     save_result(out / "model.safetensors", result, overwrite=overwrite,
-                extra={"mode": mode, "names": loaded.names})
+                extra={"mode": mode, "names": loaded.names, "intensity_floor": dataset.intensity_floor})
     noise_maps = dataset.reassemble(result.noise)
     corrected_maps = dataset.reassemble(result.corrected)
     regions, next_id = [], 1
@@ -188,7 +239,8 @@ def predict_images(model_path, loaded: LoadedPairs, device="auto", precision="au
     checkpoint = load_checkpoint(Path(model_path) / "model.safetensors" if Path(model_path).is_dir() else model_path)
     mode = checkpoint.extra.get("mode", "auto")
     placeholders = [np.zeros(_label_shape(image, checkpoint.in_channels), np.int64) for image in loaded.images]
-    dataset = build_dataset(loaded.images, placeholders, loaded.names, modes=mode, n_classes=checkpoint.n_classes)
+    dataset = build_dataset(loaded.images, placeholders, loaded.names, modes=mode, n_classes=checkpoint.n_classes,
+                            intensity_floor=checkpoint.extra.get("intensity_floor"))
     if dataset.in_channels != checkpoint.in_channels:
         raise io.InputError(
             f"the model expects {checkpoint.in_channels}-channel images, these have {dataset.in_channels}"

@@ -1265,3 +1265,8 @@ def simulate_noise(
         corrupted=corrupted.tolist(),
         params=_jsonable(run_params),
     )
+
+
+# ``model_noise`` needs the training engine and the images; its module registers a
+# stub here so that every listing of the protocols shows it (torch loads lazily).
+from . import model_noise as _model_noise  # noqa: E402,F401

@@ -117,6 +117,8 @@ def find_regions(
     if given.shape != corrected.shape:
         raise ValueError(f"given labels {given.shape} and corrected labels {corrected.shape} differ in shape")
     noise = np.zeros(given.shape, np.float32) if noise is None else np.asarray(noise, np.float32)
+    if noise.shape != given.shape:
+        raise ValueError(f"noise map {noise.shape} and labels {given.shape} differ in shape")
     kinds = change_kinds(given, corrected)
     region_map = np.zeros(given.shape, np.int32)
     regions: list[Region] = []

@@ -136,6 +136,17 @@ def predict_many(
 
 
 def _ensemble_softmax(models, batch, path, flip_tta: bool, mc_dropout: int) -> torch.Tensor:
+    # Predicting mid-training (previews, per-epoch predictions) must not leave the
+    # networks in eval mode: remember every module's mode and restore it afterwards.
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    try:
+        return _ensemble_softmax_eval(models, batch, path, flip_tta, mc_dropout)
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+
+def _ensemble_softmax_eval(models, batch, path, flip_tta: bool, mc_dropout: int) -> torch.Tensor:
     for model in models:
         model.eval()
         if mc_dropout:

@@ -64,6 +64,8 @@ class TrainingRun:
         self.dataset = dataset
         self.config = config
         self.progress = as_progress(events)
+        if not config.minutes and config.epochs is None:
+            raise ValueError("no training budget: set epochs (an int) or minutes (> 0)")
         self.device, self.device_note = resolve_device(config.device)
         self.path = numeric_path(self.device, config.precision)
         seed_everything(config.seed)
