@@ -1,0 +1,96 @@
+"""The quality benchmark's core on a minuscule in-repo setting (sample_data/, 1 epoch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import quality  # noqa: E402
+
+SAMPLE_SPEC = quality.DatasetSpec("bbbc039", "bbbc039", "images", "labels_clean", "2d")
+TINY_PROFILE = {
+    "bbbc039": quality.DatasetProfile(
+        n_train=2, n_test=1, train_crop=(128, 128),
+        train=dict(epochs=1, patch_size=64, batch_size=4, width=8, depth=3),
+    )
+}
+TINY_SETTING = quality.Setting("tiny/erode_dilate", "bbbc039", "erode_dilate", 1.0, 1.0, {"radius": (2, 5)},
+                               note="test")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    pytest.importorskip("cleanlab")
+    if not (ROOT / "sample_data" / "bbbc039" / "labels_clean").is_dir():
+        pytest.fail("sample_data/bbbc039 is missing; run `python sample_data/make_sample_data.py`")
+    lines = []
+    result = quality.run_benchmark(
+        ROOT / "sample_data", settings=[TINY_SETTING], methods=["baseline", "confident"], seeds=[0],
+        profile=TINY_PROFILE, datasets={"bbbc039": SAMPLE_SPEC}, log=lines.append,
+    )
+    out = tmp_path_factory.mktemp("results")
+    paths = quality.write_report(result, out, "quality")
+    return result, paths
+
+
+def test_rows_cover_floor_ceiling_prior_and_peer(report):
+    result, _ = report
+    rows = {row["row"]: row for row in result["rows"]}
+    assert set(rows) == {quality.CEILING_ROW, "baseline", "confident", quality.PRIOR_ROW, quality.PEER_ROW}
+    assert rows[quality.CEILING_ROW]["kind"] == "ceiling" and rows["baseline"]["kind"] == "floor"
+    for name in (quality.CEILING_ROW, "baseline", "confident"):
+        test = rows[name]["test"]
+        assert 0.0 <= test["dice"] <= 1.0 and len(test["dice_per_class"]) == 2
+    for name in ("baseline", "confident", quality.PRIOR_ROW, quality.PEER_ROW):
+        noise = rows[name]["noise"]
+        assert 0.0 <= noise["auroc"] <= 1.0 and 0.0 < noise["ap"] <= 1.0
+    # The boundary prior alone already finds erode/dilate noise far above chance.
+    assert rows[quality.PRIOR_ROW]["noise"]["auroc"] > 0.7
+    assert isinstance(rows["confident"]["beats_prior"], bool)
+    assert rows["baseline"]["gap_recovered"] in (0.0, None)
+    given = rows["confident"]["correction"]["dice_given"]
+    assert 0.5 < given < 1.0 and given == rows["baseline"]["correction"]["dice_given"]
+    assert rows["confident"]["history"]["folds"] == 2  # only two train images: K falls to 2
+
+
+def test_summary_json_and_markdown(report):
+    result, (json_path, md_path) = report
+    saved = json.loads(json_path.read_text())
+    assert saved["splits"]["bbbc039"]["test"] == ["IXMtest_A02_s1_w1051DAA7C-7042-435F-99F0-1E847D9B42CB"]
+    assert set(saved["configs"]["bbbc039"]) == {"baseline", "confident"}
+    assert saved["configs"]["bbbc039"]["confident"]["params"]["folds"] == 3
+    summary = {s["row"]: s for s in saved["summary"]}
+    assert summary["confident"]["metrics"]["ap"]["n"] == 1
+    assert 0.0 < saved["noise"][0]["noise_fraction"] < 0.5
+    table = md_path.read_text()
+    assert "## tiny/erode_dilate" in table and "| baseline (floor) |" in table and "| boundary prior |" in table
+
+
+def test_split_is_fixed_by_sorted_stem():
+    stems = [f"s{i:02d}" for i in range(50)]
+    train, test = quality.split_stems(stems[::-1], 40, 10)
+    assert test == [f"s{i:02d}" for i in (0, 5, 11, 16, 22, 27, 33, 38, 44, 49)]
+    assert len(train) == 40 and not set(train) & set(test)
+    with pytest.raises(quality.DataError):
+        quality.split_stems(stems, 45, 10)
+
+
+def test_missing_data_fails_clearly(tmp_path, capsys):
+    code = quality.main(["--data", str(tmp_path / "nowhere"), "--quick", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "nowhere not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_settings_are_selectable_by_dataset():
+    chosen = quality.select_settings(["hippocampus"])
+    assert [s.name for s in chosen] == ["hippocampus/erode_dilate"] and chosen[0].per_slice
+    with pytest.raises(ValueError):
+        quality.select_settings(["nope"])
