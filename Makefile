@@ -4,6 +4,7 @@
 #   make test          run the test suite (under xvfb-run when there is no DISPLAY)
 #   make demo          open napari with the nuclei sample and the plugin's widgets
 #   make sample-data   regenerate sample_data/ from the real data sets (DATA=...)
+#   make screenshots   train briefly in a real napari window, save docs/screenshots/*.png
 #
 # Variables (override on the command line, e.g. `make test VENV=/tmp/venv`):
 #   PYTHON      interpreter that creates the venv            (python3)
@@ -48,7 +49,7 @@ else
   GUI_WRAP :=
 endif
 
-.PHONY: all install venv test demo sample-data clean-venv help
+.PHONY: all install venv test demo sample-data screenshots clean-venv help
 
 all: install
 
@@ -85,6 +86,19 @@ else
 endif
 else
 	$(VPY) -m napari_noisyseg.demo $(DEMO_ARGS)
+endif
+
+# The README's screenshots (benchmarks/screenshots.py): a real window, on a
+# virtual display big enough for the docked widgets when there is no DISPLAY.
+screenshots: $(STAMP)
+ifeq ($(strip $(DISPLAY)),)
+ifneq ($(XVFB_RUN),)
+	$(XVFB_RUN) -a -s "-screen 0 1920x1200x24" $(VPY) benchmarks/screenshots.py
+else
+	@echo "No DISPLAY and no xvfb-run: cannot draw napari (install xvfb, see .ci/run)." >&2; exit 1
+endif
+else
+	$(VPY) benchmarks/screenshots.py
 endif
 
 sample-data: $(STAMP)

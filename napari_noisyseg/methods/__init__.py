@@ -12,7 +12,13 @@ from .base import CurationResult, TrainConfig
 
 # name -> module path; modules are imported on first use so listing methods stays fast.
 REGISTRY: dict[str, str] = {
+    "adele": "napari_noisyseg.methods.adele",
     "baseline": "napari_noisyseg.methods.baseline",
+    "clcs": "napari_noisyseg.methods.clcs",
+    "confident": "napari_noisyseg.methods.confident",
+    "distill": "napari_noisyseg.methods.distill",
+    "cleansing": "napari_noisyseg.methods.cleansing",
+    "coseg": "napari_noisyseg.methods.coseg",
 }
 
 DEFAULT_METHOD = "baseline"

@@ -1,0 +1,468 @@
+"""CLCS: collaborative learning with curriculum selection (METHODS.md §6; Guo et al., 2025).
+
+Two U-Net branches with different decoders learn together; their voted
+probability p̄ decides, per class and with a threshold that follows each class's
+learning progress, which pixels are clean. Clean pixels train with CE + Dice on
+the given label; noisy pixels are kept, under the Noise Balance Loss.
+
+Algorithm (one training step, both branches, one optimiser)
+------------------------------------------------------------
+1. Branch A (transposed-convolution decoder) and branch B (bilinear decoder)
+   give logits and penultimate features (``UNet.forward_features``).
+2. **Discrepancy loss**: the mean (over valid pixels) cosine similarity of the two
+   branches' penultimate features, minimised with weight ``discrepancy_weight``,
+   keeps the two views different.
+3. **Voting**: p̄ = (softmax(A) + softmax(B)) / 2, detached.
+4. **Curriculum selection**: a pixel labelled c is clean when p̄(c) ≥ τ_c
+   (:class:`CurriculumThreshold`); trusted pixels are always clean.
+5. Per branch: ``clean · CE(given) + noisy_weight · noisy · NBL`` averaged over
+   valid pixels, plus soft Dice on the clean pixels only. The Noise Balance Loss
+   on a noisy pixel is ``w·CE(given) + (1 − w)·RCE(given) + agree_weight · agree ·
+   conf · CE(voted)`` with ``w = p̄(given)``, ``voted = argmax p̄``,
+   ``conf = p̄(voted)`` (all detached) and ``agree`` = both branches' argmax equal.
+6. The step's counts update the learning effects (EMA), hence the thresholds.
+
+Choices marked (ours) in METHODS.md §6, and the ones made here
+----------------------------------------------------------------
+- **Twin encoders** (ours): two complete U-Nets built by ``run.new_model`` with
+  ``up_mode="transpose"`` and ``up_mode="bilinear"`` and different seeds. The spec
+  allows a shared encoder; twins reuse ``engine/unet.py`` unchanged and save as two
+  ordinary networks. Cost: two forward/backward passes per step (about 2× the baseline).
+- **Learning effect** (ours): σ_c = EMA_confident_c / EMA_total_c, where per step
+  ``confident_c`` counts valid pixels labelled c with p̄(c) > τ and ``total_c``
+  counts valid pixels labelled c. Averaging numerator and denominator separately
+  (momentum ``ema`` per step) weights batches by their pixel counts, needs no bias
+  correction, and leaves σ_c unchanged when a batch holds no pixel of class c.
+- **Convex mapping** (ours, FlexMatch's): β_c = σ_c / normaliser,
+  τ_c = τ · β_c / (2 − β_c), τ = ``tau`` (0.95).
+- **Warm-up floor** (ours, FlexMatch's threshold warm-up): with ``warmup=True``
+  the normaliser is ``max(max_k σ_k, u)`` where u is the fraction of all labelled
+  pixels not yet confident (1 − Σ EMA_confident / Σ EMA_total). At the start every
+  σ is 0 and u is 1, so every τ_c is 0 (every pixel clean: the networks first learn
+  from all labels, as the baseline does); thresholds then rise as the classes are
+  learnt, and once most pixels are learnt the normaliser becomes max_k σ_k, the
+  best learnt class reaching τ. A slowly learnt (e.g. minority) class keeps a lower
+  threshold instead of being filtered out.
+- The selection of a step uses the thresholds from before that step's update; the
+  final ``noise``/``corrected`` use the thresholds at the end of training.
+- **Noise Balance Loss** (ours): as in step 5. RCE uses ``log 0 := −4``
+  (``reverse_ce_map``), so a confidently contradicted label costs a bounded loss.
+- **Outputs**: ``probabilities`` = p̄ of the final branches (eval mode);
+  ``noise`` = clip(1 − p̄(given) / τ_given, 0, 1) (0 where τ_given = 0: nothing is
+  judged noisy before any learning); ``corrected`` = argmax p̄ on noisy pixels
+  (p̄(given) < τ_given), the given label elsewhere.
+- **sample_reliability** (ours): the fraction of the sample's foreground-relevant
+  pixels (given or corrected label > 0; every pixel when there are none) judged
+  clean, trusted pixels counting as clean.
+- **Saved model**: both branches are saved; ``final_model`` is the transpose
+  branch (a checkpoint predicts with one network; the result's probabilities are
+  the two-branch vote).
+
+Parameters (``TrainConfig.params``)
+-----------------------------------
+tau : float, default 0.95
+    Confidence that counts a pixel as learnt; the ceiling of every τ_c.
+ema : float, default 0.9
+    Momentum (per step) of the learning-effect counts.
+warmup : bool, default True
+    FlexMatch's warm-up floor on the normaliser (see above).
+discrepancy_weight : float, default 0.1
+    Weight of the feature cosine-similarity loss.
+noisy_weight : float, default 1.0
+    Weight of the Noise Balance Loss relative to the clean CE.
+agree_weight : float, default 1.0
+    Weight of the confidence-weighted CE toward the voted label inside the NBL.
+
+History extras (per epoch)
+--------------------------
+``thresholds`` (K per epoch, at the epoch's end), ``learning_effect`` (σ, K per
+epoch), ``clean_fraction`` (per class: fraction of the epoch's valid pixels
+labelled c judged clean; None for a class absent that epoch),
+``clean_fraction_all``, ``agree_fraction`` (pixels where the branches agree), and
+the step losses ``loss``, ``clean_loss``, ``noise_balance_loss``, ``discrepancy``.
+After training: ``final_thresholds`` and ``final_learning_effect``.
+
+Costs: a step trains two U-Nets (about twice the baseline's step); the selection
+bookkeeping is a few tensor reductions per step; no per-epoch dataset prediction
+(only previews, when requested, and one final prediction of both branches).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..engine.losses import ce_map, masked_mean, reverse_ce_map, soft_dice_per_sample
+from ..engine.train import TrainingRun
+from .base import result_from_run
+
+NAME = "clcs"
+SUMMARY = ("Two U-Nets (transpose / bilinear decoders) vote; per-class curriculum thresholds select "
+           "clean pixels; noisy pixels train under a Noise Balance Loss.")
+DEFAULTS: dict = {
+    "tau": 0.95,
+    "ema": 0.9,
+    "warmup": True,
+    "discrepancy_weight": 0.1,
+    "noisy_weight": 1.0,
+    "agree_weight": 1.0,
+}
+
+_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- curriculum threshold
+
+
+def curriculum_thresholds(learning_effect, tau: float = 0.95, unlearnt: float | None = None) -> np.ndarray:
+    """Per-class thresholds from learning effects (the FlexMatch convex mapping).
+
+    Parameters
+    ----------
+    learning_effect : array-like of float, shape (K,)
+        σ_c in [0, 1]: how much of class c is already learnt.
+    tau : float
+        The ceiling threshold.
+    unlearnt : float, optional
+        Warm-up floor of the normaliser (fraction of pixels not yet learnt);
+        None disables the warm-up.
+
+    Returns
+    -------
+    ndarray, float64 (K,)
+        τ_c = τ · β_c / (2 − β_c) with β_c = σ_c / max(max_k σ_k, unlearnt); all 0
+        when the normaliser is 0.
+    """
+    sigma = np.clip(np.asarray(learning_effect, np.float64), 0.0, 1.0)
+    normaliser = float(sigma.max()) if sigma.size else 0.0
+    if unlearnt is not None:
+        normaliser = max(normaliser, float(unlearnt))
+    if normaliser <= 0.0:
+        return np.zeros_like(sigma)
+    beta = np.clip(sigma / normaliser, 0.0, 1.0)
+    return tau * beta / (2.0 - beta)
+
+
+class CurriculumThreshold:
+    """Per-class curriculum thresholds driven by an EMA of each class's learning effect.
+
+    Parameters
+    ----------
+    n_classes : int
+    tau : float
+        Confidence that counts a pixel as learnt, and the highest threshold.
+    momentum : float
+        EMA momentum per :meth:`update` (0 = only the latest counts).
+    warmup : bool
+        Floor the normaliser by the fraction of pixels not yet learnt, so that
+        thresholds start at 0 and rise with learning progress.
+
+    Notes
+    -----
+    σ_c = EMA(confident_c) / EMA(total_c), 0 for a class never seen.
+    """
+
+    def __init__(self, n_classes: int, tau: float = 0.95, momentum: float = 0.9, warmup: bool = True):
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {tau}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"ema momentum must be in [0, 1), got {momentum}")
+        self.n_classes = int(n_classes)
+        self.tau = float(tau)
+        self.momentum = float(momentum)
+        self.warmup = bool(warmup)
+        self.confident = np.zeros(self.n_classes, np.float64)
+        self.total = np.zeros(self.n_classes, np.float64)
+
+    def update(self, confident, total) -> np.ndarray:
+        """Fold one step's counts in; returns the new thresholds.
+
+        Parameters
+        ----------
+        confident : array-like (K,)
+            Pixels labelled c whose voted probability of c exceeds ``tau``.
+        total : array-like (K,)
+            Pixels labelled c.
+        """
+        confident = np.asarray(confident, np.float64)
+        total = np.asarray(total, np.float64)
+        if confident.shape != (self.n_classes,) or total.shape != (self.n_classes,):
+            raise ValueError(f"counts must have shape ({self.n_classes},)")
+        m = self.momentum
+        self.confident = m * self.confident + (1.0 - m) * confident
+        self.total = m * self.total + (1.0 - m) * total
+        return self.thresholds()
+
+    @property
+    def learning_effect(self) -> np.ndarray:
+        """σ_c, float64 (K,) in [0, 1]."""
+        return np.divide(self.confident, self.total, out=np.zeros_like(self.total), where=self.total > 0)
+
+    @property
+    def unlearnt(self) -> float:
+        """Fraction of all labelled pixels not yet learnt (1 before any update)."""
+        total = self.total.sum()
+        return 1.0 if total <= 0 else float(1.0 - self.confident.sum() / total)
+
+    def thresholds(self) -> np.ndarray:
+        """τ_c, float64 (K,)."""
+        return curriculum_thresholds(self.learning_effect, self.tau, self.unlearnt if self.warmup else None)
+
+
+# ----------------------------------------------------------------------------- losses and selection
+
+
+def feature_discrepancy(features_a: torch.Tensor, features_b: torch.Tensor, weights: torch.Tensor | None = None):
+    """Mean cosine similarity of two branches' features over valid pixels (a scalar).
+
+    Parameters
+    ----------
+    features_a, features_b : torch.Tensor (N, F, H, W)
+    weights : torch.Tensor (N, H, W), optional
+    """
+    similarity = F.cosine_similarity(features_a.float(), features_b.float(), dim=1, eps=1e-6)
+    return masked_mean(similarity, weights)
+
+
+@torch.no_grad()
+def select_clean(mean_probabilities, labels, thresholds, trust=None):
+    """Clean-pixel mask and p̄(given) of a batch.
+
+    Parameters
+    ----------
+    mean_probabilities : torch.Tensor (N, K, H, W)
+        Voted probabilities p̄.
+    labels : torch.Tensor (N, H, W) int64
+    thresholds : torch.Tensor (K,)
+    trust : torch.Tensor (N, H, W) bool, optional
+        Always clean.
+
+    Returns
+    -------
+    clean : torch.Tensor (N, H, W) bool
+    given : torch.Tensor (N, H, W) float, p̄(given label)
+    """
+    index = labels.clamp(0, mean_probabilities.shape[1] - 1)
+    given = mean_probabilities.gather(1, index.unsqueeze(1)).squeeze(1)
+    clean = given >= thresholds[index]
+    if trust is not None:
+        clean = clean | trust
+    return clean, given
+
+
+@torch.no_grad()
+def class_counts(given, labels, weights, tau: float, n_classes: int):
+    """Per-class (confident, total) pixel counts, float64 numpy (K,) each.
+
+    ``confident`` counts valid pixels labelled c with p̄(c) > ``tau``.
+    """
+    valid = weights > 0
+    index = labels.clamp(0, n_classes - 1)[valid]
+    confident = torch.bincount(index[given[valid] > tau], minlength=n_classes)
+    total = torch.bincount(index, minlength=n_classes)
+    return confident.double().cpu().numpy(), total.double().cpu().numpy()
+
+
+def branch_loss(logits, labels, weights, clean, given, voted, confidence, agree, params):
+    """One branch's CLCS loss: clean CE + Dice, Noise Balance Loss on the rest.
+
+    Parameters
+    ----------
+    logits : torch.Tensor (N, K, H, W)
+    labels : torch.Tensor (N, H, W) int64, the given labels
+    weights : torch.Tensor (N, H, W) float, 0 on padding/ignored
+    clean : torch.Tensor (N, H, W) bool
+    given, confidence : torch.Tensor (N, H, W) float, p̄(given) and p̄(voted), detached
+    voted : torch.Tensor (N, H, W) int64, argmax p̄
+    agree : torch.Tensor (N, H, W) bool, the two branches' argmax agree
+
+    Returns
+    -------
+    (loss, clean_part, noisy_part) scalars.
+    """
+    clean_f = clean.float()
+    noisy_f = 1.0 - clean_f
+    ce_given = ce_map(logits, labels)
+    balance = given * ce_given + (1.0 - given) * reverse_ce_map(logits, labels)
+    balance = balance + params["agree_weight"] * agree.float() * confidence * ce_map(logits, voted)
+    clean_part = masked_mean(clean_f * ce_given, weights)
+    clean_part = clean_part + soft_dice_per_sample(logits, labels, weights * clean_f).mean()
+    noisy_part = params["noisy_weight"] * masked_mean(noisy_f * balance, weights)
+    return clean_part + noisy_part, clean_part, noisy_part
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def judge_sample(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, frozen=None):
+    """noise, corrected and the noisy mask of one sample.
+
+    Parameters
+    ----------
+    probabilities : ndarray float32 (K, H, W), voted p̄
+    labels : ndarray int (H, W), given labels
+    thresholds : ndarray (K,), τ_c
+    frozen : ndarray bool (H, W), optional
+        Trusted or ignored pixels: never noisy, never corrected.
+
+    Returns
+    -------
+    noise : ndarray float32 (H, W) in [0, 1], clip(1 − p̄(given)/τ_given)
+    corrected : ndarray int64 (H, W), argmax p̄ on noisy pixels, given elsewhere
+    noisy : ndarray bool (H, W), p̄(given) < τ_given and not frozen
+    """
+    index = labels.astype(np.int64).clip(0, probabilities.shape[0] - 1)
+    given = np.take_along_axis(probabilities, index[np.newaxis], axis=0)[0]
+    tau_given = np.asarray(thresholds, np.float64)[index]
+    noisy = given < tau_given
+    if frozen is not None:
+        noisy &= ~frozen
+    noise = np.clip(1.0 - given / np.maximum(tau_given, _EPS), 0.0, 1.0).astype(np.float32)
+    corrected = np.where(noisy, probabilities.argmax(0), labels).astype(np.int64)
+    return noise, corrected, noisy
+
+
+def clean_reliability(noisy: np.ndarray, labels: np.ndarray, corrected: np.ndarray) -> float:
+    """Fraction of the foreground-relevant pixels (given or corrected > 0) judged clean."""
+    region = (labels > 0) | (corrected > 0)
+    values = noisy[region] if region.any() else noisy
+    return float(1.0 - values.mean()) if values.size else 1.0
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _EpochStats:
+    """Per-class clean / total pixel counts and branch agreement over one epoch."""
+
+    def __init__(self, n_classes: int):
+        self.n_classes = n_classes
+        self.clean = np.zeros(n_classes)
+        self.total = np.zeros(n_classes)
+        self.agree = 0.0
+        self.pixels = 0.0
+
+    @torch.no_grad()
+    def add(self, labels, weights, clean, agree) -> None:
+        valid = weights > 0
+        index = labels.clamp(0, self.n_classes - 1)[valid]
+        self.clean += torch.bincount(index[clean[valid]], minlength=self.n_classes).double().cpu().numpy()
+        self.total += torch.bincount(index, minlength=self.n_classes).double().cpu().numpy()
+        self.agree += float(agree[valid].sum())
+        self.pixels += float(valid.sum())
+
+    def record(self) -> dict:
+        per_class = [float(c / t) if t > 0 else None for c, t in zip(self.clean, self.total)]
+        return {
+            "clean_fraction": per_class,
+            "clean_fraction_all": float(self.clean.sum() / max(self.total.sum(), 1.0)),
+            "agree_fraction": float(self.agree / max(self.pixels, 1.0)),
+        }
+
+
+def _train_step(run, models, optimizer, scaler, batch, curriculum, stats, params, epoch) -> None:
+    model_a, model_b = models
+    with run.path.autocast():
+        logits_a, features_a = model_a.forward_features(batch.image)
+        logits_b, features_b = model_b.forward_features(batch.image)
+    n_classes = logits_a.shape[1]
+    with torch.no_grad():
+        probabilities_a = F.softmax(logits_a.float(), dim=1)
+        probabilities_b = F.softmax(logits_b.float(), dim=1)
+        mean_probabilities = 0.5 * (probabilities_a + probabilities_b)
+        thresholds = torch.as_tensor(curriculum.thresholds(), dtype=torch.float32, device=run.device)
+        clean, given = select_clean(mean_probabilities, batch.labels, thresholds, batch.trust)
+        confidence, voted = mean_probabilities.max(dim=1)
+        agree = probabilities_a.argmax(1) == probabilities_b.argmax(1)
+    parts = [
+        branch_loss(logits, batch.labels, batch.weights, clean, given, voted, confidence, agree, params)
+        for logits in (logits_a, logits_b)
+    ]
+    discrepancy = feature_discrepancy(features_a, features_b, batch.weights)
+    loss = parts[0][0] + parts[1][0] + params["discrepancy_weight"] * discrepancy
+    losses = {
+        "loss": float(loss.detach()),
+        "clean_loss": float(parts[0][1].detach() + parts[1][1].detach()) / 2,
+        "noise_balance_loss": float(parts[0][2].detach() + parts[1][2].detach()) / 2,
+        "discrepancy": float(discrepancy.detach()),
+    }
+    run.step(optimizer, loss, scaler, epoch, losses)
+    curriculum.update(*class_counts(given, batch.labels, batch.weights, curriculum.tau, n_classes))
+    stats.add(batch.labels, batch.weights, clean, agree)
+    run.track(mean_probabilities.log(), batch.labels, batch.weights)
+
+
+def _judge_all(run, models, curriculum, indices=None):
+    dataset = run.dataset
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    probabilities = run.predict(list(models), indices)
+    thresholds = curriculum.thresholds()
+    judged = [
+        judge_sample(p, s.labels, thresholds, s.trust | s.ignore)
+        for p, s in zip(probabilities, (dataset.samples[i] for i in indices))
+    ]
+    return probabilities, judged
+
+
+def fit(dataset, config, events=None):
+    """Train two collaborating branches with curriculum selection; judge every pixel.
+
+    Parameters
+    ----------
+    dataset : NoisyDataset
+    config : TrainConfig
+    events : Progress, callable or None
+
+    Returns
+    -------
+    CurationResult
+        ``probabilities`` are the two branches' vote; see the module docstring for
+        ``noise``, ``corrected``, ``sample_reliability`` and the history.
+    """
+    params = config.with_params(DEFAULTS)
+    run = TrainingRun(dataset, config, events)
+    model_a, _ = run.new_model(seed_offset=0, up_mode="transpose")
+    model_b, _ = run.new_model(seed_offset=1, up_mode="bilinear")
+    models = (model_a, model_b)
+    optimizer = torch.optim.AdamW(
+        list(model_a.parameters()) + list(model_b.parameters()),
+        lr=config.learning_rate, weight_decay=config.weight_decay,
+    )
+    scaler = run.make_scaler()
+    curriculum = CurriculumThreshold(dataset.n_classes, params["tau"], params["ema"], params["warmup"])
+
+    def preview(indices):
+        _, judged = _judge_all(run, models, curriculum, indices)
+        for model in models:  # prediction switched them to eval mode
+            model.train()
+        return [j[0] for j in judged], [j[1] for j in judged]
+
+    for epoch in run.epochs():
+        for model in models:
+            model.train()
+        stats = _EpochStats(dataset.n_classes)
+        for batch in run.batches():
+            _train_step(run, models, optimizer, scaler, batch, curriculum, stats, params, epoch)
+            run.maybe_preview(preview)
+        run.end_epoch(
+            epoch,
+            thresholds=[float(t) for t in curriculum.thresholds()],
+            learning_effect=[float(s) for s in curriculum.learning_effect],
+            **stats.record(),
+        )
+
+    probabilities, judged = _judge_all(run, models, curriculum)
+    noise = [j[0] for j in judged]
+    corrected = [j[1] for j in judged]
+    reliability = [clean_reliability(j[2], s.labels, j[1]) for j, s in zip(judged, dataset.samples)]
+    return result_from_run(
+        run, probabilities, noise, corrected,
+        {"branch_transpose": model_a, "branch_bilinear": model_b},
+        final_model="branch_transpose",
+        reliability=reliability,
+        history_extra={
+            "final_thresholds": [float(t) for t in curriculum.thresholds()],
+            "final_learning_effect": [float(s) for s in curriculum.learning_effect],
+        },
+    )

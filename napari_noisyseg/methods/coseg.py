@@ -1,0 +1,640 @@
+"""Co-Seg: co-train two U-Nets with sample sifting, correct labels, retrain (METHODS.md §2).
+
+The four stages of Huang et al., as this project reads them:
+
+1. **Co-training with sifting.** Two U-Nets ``f`` and ``g`` (seed offsets 0 and 1;
+   dropout, when ``config.dropout`` > 0, draws different masks for each because
+   they consume the seeded global generator one after the other). On every
+   mini-batch of patches each network scores every sample and keeps the fraction
+   ``R(t) = 1 − ε·min(t / T_k, 1)`` with the smallest score; the samples ``f`` keeps
+   update ``g`` and vice versa (co-teaching).
+2. **Reliable subset**: images that both networks kept in most of the last
+   ``reliable_window`` (3) epochs of stage 1.
+3. **Label correction** of the other images: where ``f`` and ``g`` agree and their
+   mean confidence is ≥ ``tau``, the label becomes their argmax. A corrected image
+   whose ``Dice(f, g)`` ≥ ``join_dice`` joins the reliable set; in the others the
+   uncertain pixels (``f``/``g`` disagree or are below ``tau``) are ignored.
+4. **Retrain** a fresh U-Net (seed offset 2) on the updated set.
+
+Parameters (``config.params``; defaults in :data:`DEFAULTS`)
+-------------------------------------------------------------
+granularity : {"pixel", "image"}
+    ``"image"``: the paper's sample-level selection (a sample is one patch).
+    ``"pixel"`` **(ours)**: small-loss selection of pixels inside each patch,
+    because segmentation noise is local (a wrong boundary, a missed nucleus):
+    inside every patch and for every given class separately, the fraction
+    ``R(t)`` of that class's pixels with the smallest per-pixel score is kept
+    (per class, so that the few foreground pixels are not all dropped in favour
+    of easy background). The per-image selection record (stage 2) always uses
+    the sample-level ranking, in both modes. Default chosen by measurement
+    (see the README's method table / the lead's report).
+epsilon : float
+    ε, the expected fraction of noisy samples (pixels of a class, in pixel mode).
+t_k : float
+    Epochs over which ``R(t)`` falls from 1 to ``1 − ε``. **(ours)** A short run
+    uses ``min(t_k, 0.3 × planned epochs)`` (at least 1), so that stage 1 (60 %
+    of the plan) spends its second half at the full drop rate and the last
+    ``reliable_window`` epochs see it.
+lambda_agree : float
+    λ of the agreement term **(ours)**.
+score : {"own", "joint"}
+    How a network scores a sample. ``"joint"`` is the spec's literal formula,
+    ``loss_f + loss_g + λ·(1 − Dice(f, g))``: the same number for both networks,
+    so ``f`` and ``g`` keep identical sets (JoCoR-like). ``"own"`` **(ours)**:
+    ``f`` ranks by ``loss_f + λ·(1 − Dice(f, g))`` and ``g`` by
+    ``loss_g + λ·(1 − Dice(f, g))``, which keeps co-teaching's cross-update (each
+    network is protected from the other's memorised mistakes) and still favours
+    samples on which the two networks agree. Per pixel (pixel mode) the loss is
+    the pixel CE and the disagreement ``½·Σ_k |p_f − p_g|``.
+tau : float
+    Mean-confidence threshold of the label correction (0.8).
+join_dice : float
+    Dice(f, g) at which a corrected image joins the reliable set (0.9).
+stage1_fraction : float
+    **(ours)** Share of the planned epochs spent in stage 1 (0.6); the rest
+    retrains. Under a ``minutes`` budget the split is recomputed from
+    ``run.planned_epochs()`` every epoch until stage 4 starts (stage-1 epochs
+    cost two networks, so the time plan, measured on the first epoch, is
+    conservative).
+reliable_window : int
+    Stage-1 epochs the reliable subset looks back on (3).
+correct_reliable : bool
+    **(ours)** Also apply the stage-3 correction rule to the reliable images (the
+    paper leaves them as given). Off by default: see the report for numbers.
+reliable_noise_scale : float
+    **(ours)** ``noise`` on reliable images is ``1 − p̄(given)`` times this factor
+    (1 = no down-weighting).
+
+Outputs
+-------
+- ``probabilities``: the retrained network (the mean of ``f`` and ``g`` when stage 4
+  did not complete an epoch, e.g. stopped early).
+- ``noise`` = ``1 − mean(p_f, p_g)(given label)`` from the stage-1 networks on every
+  pixel **(ours, everywhere rather than only where correction fired)**: the viewer
+  needs a ranking on every pixel, and the benchmark scores the whole map. On
+  images in the reliable subset it is multiplied by ``reliable_noise_scale``.
+- ``corrected`` **(ours)**: the stage-1 correction (agree and ≥ ``tau``), refined by
+  the final network: wherever the final network's confidence is ≥ ``tau`` its
+  argmax wins; elsewhere the stage-1 correction (or the given label) stays.
+- ``sample_reliability`` **(ours)**: the mean of (a) the fraction of its patches both
+  networks kept, averaged over the stage-1 epochs after warm-up (R(t) < 1), and
+  (b) the foreground Dice between the networks' consensus and the given labels;
+  both in [0, 1], low = review first.
+- ``history``: per epoch ``stage``, ``keep_ratio`` R(t), ``selected_f``/``selected_g``
+  (fraction of samples, or pixels, each network kept), ``score_kept``/``score_dropped``,
+  ``loss_f``/``loss_g``/``loss``; and ``reliable_samples``, ``joined_samples``,
+  ``rejected_samples`` (names), ``n_corrected_pixels``, ``selection_fraction`` and
+  ``dice_fg`` (per sample), ``stage1_epochs``, ``t_k``, ``final_from``.
+
+Trust: trusted pixels are always kept (pixel mode never drops them; in image mode
+a dropped sample still trains on its trusted pixels), never corrected and never
+ignored in stage 4; ``result_from_run`` sets their noise to 0.
+
+Cost: stage 1 runs two networks per step (about twice a baseline epoch); stage 3
+predicts every sample once with each of ``f`` and ``g``; stage 4 is a baseline epoch.
+
+:func:`refit` warm-starts ``f``, ``g`` (and the final network) from a previous
+result's models, for retraining after a person's decisions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..core.patches import patches_per_sample
+from ..engine.losses import ce_dice_per_sample, ce_map, soft_dice_per_sample
+from ..engine.train import TrainingRun
+from .base import noise_from_probabilities, result_from_run
+
+NAME = "coseg"
+SUMMARY = "Co-Seg: two U-Nets co-teach on small-loss samples, correct the rest, retrain (default)."
+DEFAULTS: dict = {
+    "granularity": "image",
+    "epsilon": 0.3,
+    "t_k": 10.0,
+    "lambda_agree": 1.0,
+    "score": "own",
+    "tau": 0.8,
+    "join_dice": 0.9,
+    "stage1_fraction": 0.6,
+    "reliable_window": 3,
+    "correct_reliable": False,
+    "stage4_init": "f",
+}
+
+GRANULARITIES = ("pixel", "image")
+SCORES = ("own", "joint")
+STAGE4_INITS = ("f", "fresh")
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def check_params(params: dict) -> dict:
+    """Validate the merged parameters; returns them."""
+    if params["granularity"] not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {params['granularity']!r}")
+    if params["score"] not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, not {params['score']!r}")
+    if params["stage4_init"] not in STAGE4_INITS:
+        raise ValueError(f"stage4_init must be one of {STAGE4_INITS}, not {params['stage4_init']!r}")
+    if not 0.0 <= float(params["epsilon"]) < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), not {params['epsilon']}")
+    if not 0.0 < float(params["stage1_fraction"]) <= 1.0:
+        raise ValueError(f"stage1_fraction must be in (0, 1], not {params['stage1_fraction']}")
+    if not 0.5 <= float(params["tau"]) <= 1.0:
+        raise ValueError(f"tau must be in [0.5, 1], not {params['tau']}")
+    if int(params["reliable_window"]) < 1:
+        raise ValueError("reliable_window must be >= 1")
+    return params
+
+
+def stage1_epochs(planned: int, fraction: float) -> int:
+    """Epochs of stage 1 out of ``planned``: ``round(fraction·planned)``, leaving ≥ 1 to retrain."""
+    planned = max(1, int(planned))
+    count = max(1, int(round(fraction * planned)))
+    return count if planned < 2 or fraction >= 1.0 else min(count, planned - 1)
+
+
+def effective_t_k(t_k: float, planned: int) -> float:
+    """T_k shortened for short runs: ``min(t_k, 0.3 × planned)``, at least 1 epoch."""
+    return max(1.0, min(float(t_k), 0.3 * max(1, int(planned))))
+
+
+def keep_ratio(epoch: float, epsilon: float, t_k: float) -> float:
+    """R(t) = 1 − ε·min(t / T_k, 1)."""
+    return 1.0 - epsilon * min(max(epoch, 0.0) / max(t_k, 1e-9), 1.0)
+
+
+# ----------------------------------------------------------------------------- scores and selection
+
+
+def agreement_dice(prob_f: torch.Tensor, prob_g: torch.Tensor, weights: torch.Tensor, smooth: float = 1.0):
+    """Soft Dice between two probability maps over foreground classes, per sample (N,) in [0, 1].
+
+    ``prob_*`` (N, K, H, W) float; ``weights`` (N, H, W). Background is left out
+    (it dominates every patch); with one class only, that class is used.
+    """
+    start = 1 if prob_f.shape[1] > 1 else 0
+    w = weights.unsqueeze(1)
+    a, b = (prob_f * w)[:, start:], (prob_g * w)[:, start:]
+    intersection = (a * b).sum(dim=(2, 3))
+    denominator = (a * a).sum(dim=(2, 3)) + (b * b).sum(dim=(2, 3))
+    return ((2 * intersection + smooth) / (denominator + smooth)).mean(dim=1)
+
+
+def pixel_disagreement(prob_f: torch.Tensor, prob_g: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance ``½·Σ_k |p_f − p_g|`` per pixel, (N, H, W) in [0, 1]."""
+    return 0.5 * (prob_f - prob_g).abs().sum(dim=1)
+
+
+def select_samples(scores: torch.Tensor, ratio: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the ``ceil(ratio · n)`` samples with the smallest score (at least one); bool (N,).
+
+    ``valid`` (N,) bool: samples that can be ranked (others are never kept).
+    """
+    valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid
+    n_valid = int(valid.sum())
+    keep = torch.zeros_like(valid)
+    if n_valid == 0:
+        return keep
+    count = min(n_valid, max(1, int(math.ceil(ratio * n_valid - 1e-6))))
+    ranked = torch.where(valid, scores, torch.full_like(scores, float("inf")))
+    keep[torch.argsort(ranked, stable=True)[:count]] = True
+    return keep & valid
+
+
+def select_pixels(
+    scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, trust: torch.Tensor,
+    ratio: float, n_classes: int,
+) -> torch.Tensor:
+    """Small-score pixel selection inside each patch, per given class; bool (N, H, W).
+
+    For every patch and class with ``n`` untrusted weighted pixels, the
+    ``floor((1 − ratio) · n)`` with the largest score are dropped. Trusted pixels
+    are always kept; zero-weight pixels never are.
+    """
+    valid = weights > 0
+    if ratio >= 1.0:
+        return valid
+    keep = valid.clone()
+    candidates = valid & ~trust
+    for index in range(scores.shape[0]):
+        for cls in range(n_classes):
+            droppable = candidates[index] & (labels[index] == cls)
+            count = int(droppable.sum())
+            budget = int(math.floor((1.0 - ratio) * count + 1e-6))
+            if budget == 0:
+                continue
+            values = scores[index][droppable]
+            threshold = values.kthvalue(count - budget).values  # keep the count − budget smallest
+            keep[index] &= ~(droppable & (scores[index] > threshold))
+    return keep
+
+
+def steps_per_epoch(run) -> int:
+    """Optimisation steps in one epoch over every sample."""
+    patches = sum(patches_per_sample(s.shape, run.patch_size) for s in run.dataset.samples)
+    return max(1, math.ceil(patches / run.config.batch_size))
+
+
+def update_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean CE + soft Dice over the samples that keep any weight (a scalar, 0 when none do)."""
+    per = ce_dice_per_sample(logits, labels, weights)
+    has = weights.flatten(1).sum(dim=1) > 0
+    if not bool(has.any()):
+        return logits.float().sum() * 0.0
+    return per[has].mean()
+
+
+# ----------------------------------------------------------------------------- selection record
+
+
+class SelectionRecord:
+    """Per image and epoch: how many of its patches each network kept.
+
+    Parameters
+    ----------
+    n_samples : int
+    """
+
+    def __init__(self, n_samples: int):
+        self.n = n_samples
+        self.epochs: list[dict] = []  # closed epochs: {"both": (N,) fraction, "total": (N,) patches, "ratio": R}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._total = np.zeros(self.n)
+        self._both = np.zeros(self.n)
+
+    def add(self, samples: np.ndarray, kept_f: np.ndarray, kept_g: np.ndarray) -> None:
+        """Record one batch: sample index (B,), kept by f (B,) bool, kept by g (B,) bool."""
+        np.add.at(self._total, samples, 1.0)
+        np.add.at(self._both, samples, (kept_f & kept_g).astype(float))
+
+    def close_epoch(self, ratio: float) -> None:
+        seen = self._total > 0
+        both = np.where(seen, self._both / np.maximum(self._total, 1.0), np.nan)
+        self.epochs.append({"both": both, "total": self._total.copy(), "ratio": float(ratio)})
+        self._reset()
+
+    def reliable(self, window: int) -> np.ndarray:
+        """bool (N,): kept by both networks in most of the last ``window`` epochs.
+
+        "Most" is read over the pooled patches of those epochs: more than half of
+        the image's patches drawn in the window were kept by both networks. (An
+        image contributes only a few patches per epoch, so a per-epoch vote would
+        be coarse: with two patches, keeping one would already count as kept.)
+        """
+        recent = self.epochs[-window:]
+        if not recent:
+            return np.zeros(self.n, bool)
+        both = np.stack([np.nan_to_num(e["both"]) * e["total"] for e in recent]).sum(0)
+        total = np.stack([e["total"] for e in recent]).sum(0)
+        return (total > 0) & (both > 0.5 * total)
+
+    def fraction(self) -> np.ndarray:
+        """float (N,) in [0, 1]: mean kept-by-both fraction over the epochs with R < 1 (all if none)."""
+        epochs = [e for e in self.epochs if e["ratio"] < 1.0] or self.epochs
+        if not epochs:
+            return np.ones(self.n)
+        stacked = np.stack([e["both"] for e in epochs])
+        seen = ~np.isnan(stacked)
+        total = np.where(seen, stacked, 0.0).sum(0)
+        return np.where(seen.any(0), total / np.maximum(seen.sum(0), 1), 1.0)
+
+
+# ----------------------------------------------------------------------------- correction
+
+
+def hard_dice(a: np.ndarray, b: np.ndarray, n_classes: int) -> float:
+    """Mean foreground Dice of two label maps; 1 when both lack every foreground class."""
+    scores = []
+    for cls in range(1, max(n_classes, 2)):
+        in_a, in_b = a == cls, b == cls
+        total = int(in_a.sum()) + int(in_b.sum())
+        if total:
+            scores.append(2.0 * int((in_a & in_b).sum()) / total)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def correct_sample(prob_f: np.ndarray, prob_g: np.ndarray, labels: np.ndarray, frozen: np.ndarray, tau: float):
+    """The stage-3 rule on one sample.
+
+    Parameters
+    ----------
+    prob_f, prob_g : ndarray float32 (K, H, W)
+    labels : ndarray int (H, W), the given labels
+    frozen : ndarray bool (H, W), trusted or ignored pixels (never changed)
+    tau : float
+
+    Returns
+    -------
+    corrected : ndarray int64 (H, W)
+        Consensus argmax where ``f`` and ``g`` agree with mean confidence ≥ ``tau``.
+    confident : ndarray bool (H, W)
+        Where the rule applies (agree and confident, not frozen).
+    dice_fg : float
+        Foreground Dice between the two networks' argmax maps.
+    """
+    arg_f, arg_g = prob_f.argmax(0), prob_g.argmax(0)
+    mean = 0.5 * (prob_f + prob_g)
+    confident = (arg_f == arg_g) & (mean.max(0) >= tau) & ~frozen
+    corrected = np.where(confident, arg_f, labels).astype(np.int64)
+    return corrected, confident, hard_dice(arg_f, arg_g, prob_f.shape[0])
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+def fit(dataset, config, events=None):
+    """Run Co-Seg (METHODS.md §2).
+
+    Parameters
+    ----------
+    dataset : NoisyDataset
+    config : TrainConfig
+    events : Progress, callable or None
+
+    Returns
+    -------
+    CurationResult
+        ``models``: ``f``, ``g`` (stage 1) and ``final`` (stage 4); ``final_model``
+        is ``final``, or ``f`` when stage 4 never trained.
+    """
+    return _fit(dataset, config, events, previous=None)
+
+
+def refit(dataset, config, previous, events=None):
+    """Co-Seg warm-started from ``previous.models`` (e.g. after a person's decisions).
+
+    ``f``, ``g`` and ``final`` start from the previous weights when their network
+    description matches this run's (else fresh), and stage 1 starts at the full
+    drop rate (the warm-up already happened). The dataset usually carries new
+    trusted pixels (:meth:`NoisyDataset.with_trust`).
+
+    Parameters
+    ----------
+    dataset : NoisyDataset
+    config : TrainConfig
+    previous : CurationResult
+        A Co-Seg result (models ``f``, ``g``, ``final``).
+    events : Progress, callable or None
+    """
+    return _fit(dataset, config, events, previous=previous)
+
+
+def _warm_start(model, previous_models: dict, name: str) -> bool:
+    old = (previous_models or {}).get(name)
+    if old is None or not hasattr(old, "spec") or old.spec() != model.spec():
+        return False
+    model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in old.state_dict().items()})
+    return True
+
+
+def _fit(dataset, config, events, previous):
+    params = check_params(config.with_params(DEFAULTS))
+    run = TrainingRun(dataset, config, events)
+    n_classes = dataset.n_classes
+    model_f, _ = run.new_model(seed_offset=0)
+    model_g, _ = run.new_model(seed_offset=1)
+    warm = previous is not None and all(
+        [_warm_start(model_f, previous.models, "f"), _warm_start(model_g, previous.models, "g")])
+    parameters = list(model_f.parameters()) + list(model_g.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scaler = run.make_scaler()
+    record = SelectionRecord(len(dataset))
+    state = {"stage": 1, "stage1_end": None, "t_k": None}
+
+    def stage1_preview(indices):
+        probs_f, probs_g = run.predict(model_f, indices), run.predict(model_g, indices)
+        noise, corrected = [], []
+        for pf, pg, i in zip(probs_f, probs_g, indices):
+            sample = dataset.samples[i]
+            noise.append(noise_from_probabilities(0.5 * (pf + pg), sample.labels))
+            corrected.append(correct_sample(pf, pg, sample.labels, sample.trust | sample.ignore, params["tau"])[0])
+        return noise, corrected
+
+    stage4 = None
+    for epoch in run.epochs():
+        planned = run.planned_epochs()
+        if state["stage"] == 1:
+            end = stage1_epochs(planned, params["stage1_fraction"])
+            if epoch >= end:
+                state["stage1_end"] = epoch
+                stage4 = _prepare_stage4(run, dataset, params, record, model_f, model_g, previous)
+                state["stage"] = 4
+            else:
+                t_k = effective_t_k(params["t_k"], planned)
+                state["t_k"] = t_k
+                ratio = keep_ratio(t_k if warm else epoch, params["epsilon"], t_k)
+                extras = _stage1_epoch(run, params, record, model_f, model_g, optimizer, scaler, epoch, ratio,
+                                       n_classes, stage1_preview)
+                record.close_epoch(ratio)
+                run.end_epoch(epoch, stage=1, keep_ratio=ratio, **extras)
+                continue
+        _stage4_epoch(run, stage4, scaler, epoch)
+        run.end_epoch(epoch, stage=4, keep_ratio=None, selected_f=None, selected_g=None,
+                      score_kept=None, score_dropped=None)
+    if state["stage1_end"] is None:
+        state["stage1_end"] = len(record.epochs)
+    return _finish(run, dataset, params, record, model_f, model_g, stage4, state)
+
+
+def _stage1_epoch(run, params, record, model_f, model_g, optimizer, scaler, epoch, ratio, n_classes, preview):
+    """One co-teaching epoch; returns the epoch's history extras."""
+    lam = float(params["lambda_agree"])
+    pixel = params["granularity"] == "pixel"
+    joint = params["score"] == "joint"
+    sums = {"selected_f": [0.0, 0.0], "selected_g": [0.0, 0.0], "kept": [0.0, 0.0], "dropped": [0.0, 0.0]}
+    model_f.train()
+    model_g.train()
+    for batch in run.batches():
+        with run.path.autocast():
+            logits_f = model_f(batch.image)
+            logits_g = model_g(batch.image)
+        labels, weights, trust = batch.labels, batch.weights, batch.trust
+        loss_f = ce_dice_per_sample(logits_f, labels, weights)
+        loss_g = ce_dice_per_sample(logits_g, labels, weights)
+        with torch.no_grad():
+            prob_f = F.softmax(logits_f.float(), dim=1)
+            prob_g = F.softmax(logits_g.float(), dim=1)
+            disagree = 1.0 - agreement_dice(prob_f, prob_g, weights)
+            lf, lg = loss_f.detach(), loss_g.detach()
+            score_f = (lf + lg if joint else lf) + lam * disagree
+            score_g = (lf + lg if joint else lg) + lam * disagree
+            valid = weights.flatten(1).sum(dim=1) > 0
+            keep_f = select_samples(score_f, ratio, valid)
+            keep_g = select_samples(score_g, ratio, valid)
+            record.add(batch.samples.cpu().numpy(), keep_f.cpu().numpy(), keep_g.cpu().numpy())
+            if pixel:
+                dis_pix = lam * pixel_disagreement(prob_f, prob_g)
+                ce_f, ce_g = ce_map(logits_f.detach(), labels), ce_map(logits_g.detach(), labels)
+                pix_f = (ce_f + ce_g if joint else ce_f) + dis_pix
+                pix_g = (ce_f + ce_g if joint else ce_g) + dis_pix
+                mask_f = select_pixels(pix_f, labels, weights, trust, ratio, n_classes)
+                mask_g = select_pixels(pix_g, labels, weights, trust, ratio, n_classes)
+                weights_g = weights * mask_f  # f's choice trains g
+                weights_f = weights * mask_g
+                _accumulate_pixels(sums, weights, mask_f, mask_g, pix_f, pix_g)
+            else:
+                trusted = trust.float()
+                weights_g = weights * torch.where(keep_f[:, None, None], torch.ones_like(trusted), trusted)
+                weights_f = weights * torch.where(keep_g[:, None, None], torch.ones_like(trusted), trusted)
+                _accumulate_samples(sums, valid, keep_f, keep_g, score_f, score_g)
+        update_f = update_loss(logits_f, labels, weights_f)
+        update_g = update_loss(logits_g, labels, weights_g)
+        total = update_f + update_g
+        losses = {"loss": float(total.detach()) / 2, "loss_f": float(lf.mean()), "loss_g": float(lg.mean())}
+        run.step(optimizer, total, scaler, epoch, losses)
+        run.track(logits_f.detach(), labels, weights)
+        run.maybe_preview(preview)
+    ratio_of = lambda pair: pair[0] / pair[1] if pair[1] else None
+    return {
+        "selected_f": ratio_of(sums["selected_f"]),
+        "selected_g": ratio_of(sums["selected_g"]),
+        "score_kept": ratio_of(sums["kept"]),
+        "score_dropped": ratio_of(sums["dropped"]),
+    }
+
+
+def _accumulate_samples(sums, valid, keep_f, keep_g, score_f, score_g) -> None:
+    n = float(valid.sum())
+    for key, keep, score in (("selected_f", keep_f, score_f), ("selected_g", keep_g, score_g)):
+        sums[key][0] += float(keep.sum())
+        sums[key][1] += n
+        dropped = valid & ~keep
+        sums["kept"][0] += float(score[keep].sum())
+        sums["kept"][1] += float(keep.sum())
+        sums["dropped"][0] += float(score[dropped].sum())
+        sums["dropped"][1] += float(dropped.sum())
+
+
+def _accumulate_pixels(sums, weights, mask_f, mask_g, pix_f, pix_g) -> None:
+    valid = weights > 0
+    n = float(valid.sum())
+    for key, keep, score in (("selected_f", mask_f, pix_f), ("selected_g", mask_g, pix_g)):
+        sums[key][0] += float(keep.sum())
+        sums[key][1] += n
+        dropped = valid & ~keep
+        sums["kept"][0] += float(score[keep].sum())
+        sums["kept"][1] += float(keep.sum())
+        sums["dropped"][0] += float(score[dropped].sum())
+        sums["dropped"][1] += float(dropped.sum())
+
+
+def _stage1_outputs(run, dataset, params, record, model_f, model_g):
+    """Stage 2 + 3: predictions of f and g, reliable subset, per-sample correction."""
+    probs_f, probs_g = run.predict(model_f), run.predict(model_g)
+    reliable = record.reliable(int(params["reliable_window"]))
+    out = {"probs_f": probs_f, "probs_g": probs_g, "reliable": reliable, "corrected": [], "confident": [],
+           "dice_fg": [], "joined": np.zeros(len(dataset), bool)}
+    for i, (pf, pg, sample) in enumerate(zip(probs_f, probs_g, dataset.samples)):
+        corrected, confident, dice_fg = correct_sample(pf, pg, sample.labels, sample.trust | sample.ignore,
+                                                       params["tau"])
+        out["corrected"].append(corrected)
+        out["confident"].append(confident)
+        out["dice_fg"].append(dice_fg)
+        out["joined"][i] = (not reliable[i]) and dice_fg >= params["join_dice"]
+    return out
+
+
+def _prepare_stage4(run, dataset, params, record, model_f, model_g, previous):
+    """Stage 2/3 and a fresh network for stage 4; returns the stage-4 state."""
+    stage1 = _stage1_outputs(run, dataset, params, record, model_f, model_g)
+    labels, masks = [], []
+    for i, sample in enumerate(dataset.samples):
+        frozen = sample.trust | sample.ignore
+        if stage1["reliable"][i] and not params["correct_reliable"]:
+            labels.append(sample.labels.astype(np.int64))
+            masks.append(np.ones(sample.shape, np.float32))
+            continue
+        labels.append(stage1["corrected"][i])
+        if stage1["reliable"][i] or stage1["joined"][i]:
+            masks.append(np.ones(sample.shape, np.float32))
+        else:
+            uncertain = ~stage1["confident"][i] & ~frozen
+            masks.append((~uncertain).astype(np.float32))
+    model, optimizer = run.new_model(seed_offset=2)
+    if previous is not None and _warm_start(model, previous.models, "final"):
+        pass
+    elif params["stage4_init"] == "f":
+        model.load_state_dict(model_f.state_dict())
+    return {"stage1": stage1, "labels": labels, "masks": masks, "model": model, "optimizer": optimizer,
+            "extras": {"labels": (labels, 0), "mask": (masks, 0.0)}, "epochs": 0, "steps": 0,
+            "steps_per_epoch": steps_per_epoch(run)}
+
+
+def _stage4_epoch(run, stage4, scaler, epoch) -> None:
+    model, optimizer = stage4["model"], stage4["optimizer"]
+    model.train()
+
+    def preview(indices):
+        probabilities = run.predict(model, indices)
+        noise = [noise_from_probabilities(p, run.dataset.samples[i].labels) for p, i in zip(probabilities, indices)]
+        return noise, [p.argmax(0) for p in probabilities]
+
+    for batch in run.batches(extras=stage4["extras"]):
+        labels = batch.extras["labels"]
+        weights = batch.weights * batch.extras["mask"]
+        with run.path.autocast():
+            logits = model(batch.image)
+        loss = ce_dice_per_sample(logits, labels, weights).mean()
+        run.step(optimizer, loss, scaler, epoch)
+        stage4["steps"] += 1
+        run.track(logits.detach(), labels, weights)
+        run.maybe_preview(preview)
+    stage4["epochs"] += 1
+
+
+def _finish(run, dataset, params, record, model_f, model_g, stage4, state):
+    """Predictions, noise, corrections, reliability and history of whatever was trained."""
+    stage1 = stage4["stage1"] if stage4 is not None else _stage1_outputs(run, dataset, params, record, model_f,
+                                                                           model_g)
+    # A final network that has not seen one epoch's worth of steps is worse than f and g.
+    final_trained = stage4 is not None and stage4["steps"] >= stage4["steps_per_epoch"]
+    models = {"f": model_f, "g": model_g}
+    if final_trained:
+        models["final"] = stage4["model"]
+        probabilities = run.predict(stage4["model"])
+    else:
+        probabilities = [0.5 * (pf + pg) for pf, pg in zip(stage1["probs_f"], stage1["probs_g"])]
+    noise, corrected, label_dice = [], [], []
+    for i, sample in enumerate(dataset.samples):
+        predicted = probabilities[i].argmax(0)
+        noise.append(noise_from_probabilities(probabilities[i], sample.labels))
+        # The final network refines the stage-1 correction: its argmax everywhere (trust is restored later).
+        corrected.append((predicted if final_trained else stage1["corrected"][i]).astype(np.int64))
+        label_dice.append(hard_dice(predicted, sample.labels, dataset.n_classes))
+    selection = record.fraction()
+    reliability = 0.5 * selection + 0.5 * np.asarray(label_dice)
+    names = [s.name for s in dataset.samples]
+    n_corrected = int(sum(int(((c != s.labels) & ~(s.trust | s.ignore)).sum())
+                          for c, s in zip(corrected, dataset.samples)))
+    rejected = ~stage1["reliable"] & ~stage1["joined"]
+    history_extra = {
+        "granularity": params["granularity"],
+        "score": params["score"],
+        "epsilon": float(params["epsilon"]),
+        "t_k": state["t_k"],
+        "stage1_epochs": int(state["stage1_end"]),
+        "stage4_epochs": int(stage4["epochs"]) if stage4 is not None else 0,
+        "stage4_steps": int(stage4["steps"]) if stage4 is not None else 0,
+        "final_from": "final" if final_trained else "f+g",
+        "reliable_samples": [n for n, r in zip(names, stage1["reliable"]) if r],
+        "joined_samples": [n for n, j in zip(names, stage1["joined"]) if j],
+        "rejected_samples": [n for n, r in zip(names, rejected) if r],
+        "n_corrected_pixels": n_corrected,
+        "n_stage1_corrected_pixels": int(sum(int((c != s.labels).sum())
+                                             for c, s in zip(stage1["corrected"], dataset.samples))),
+        "selection_fraction": [float(v) for v in selection],
+        "dice_fg": [float(v) for v in stage1["dice_fg"]],
+        "label_dice": [float(v) for v in label_dice],
+    }
+    final_name = "final" if final_trained else "f"
+    return result_from_run(run, probabilities, noise, corrected, models, final_model=final_name,
+                           reliability=reliability, history_extra=history_extra)

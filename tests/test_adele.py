@@ -1,0 +1,307 @@
+"""ADELE (METHODS.md §3): onset detection, multi-scale consistency, correction rule, trust, stop, CLI.
+
+Onset detection is tested on synthetic IoU curves whose knee is known in closed
+form. Training tests use 128×128 crops of the repository's BBBC039 sample data
+(``sample_data/bbbc039``) and a tiny U-Net so the whole file runs in well under
+a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_noisyseg._sample_data import load_bbbc
+from napari_noisyseg.core import io
+from napari_noisyseg.core.dataset import build_dataset
+from napari_noisyseg.engine.events import Progress, StateEvent, StepEvent
+from napari_noisyseg.engine.unet import UNet
+from napari_noisyseg.methods import REGISTRY, TrainConfig, available_methods, fit, get_method
+from napari_noisyseg.methods.adele import (
+    adele_loss,
+    consistency_map,
+    correct_labels,
+    correction_period,
+    detect_onset,
+    iou_curve_model,
+    multiscale_logits,
+    onset_analysis,
+    scaled_size,
+    skip_leading,
+)
+
+CROPS = [(0, 0, 0), (1, 0, 64), (2, 320, 128), (0, 256, 300)]
+SIZE = 128
+TRUST_BOX = (slice(0, 40), slice(0, 40))
+
+
+def first_firing(curve, n_epochs):
+    """(epoch at which detect_onset first returns an onset, that onset) feeding the curve epoch by epoch."""
+    for length in range(1, len(curve) + 1):
+        onset = detect_onset(curve[:length], n_epochs)
+        if onset is not None:
+            return length - 1, onset
+    return None
+
+
+def knee_epoch(b: float, c: float, r: float = 0.9) -> int:
+    """Closed form for b = 1: r(t) = 1 − exp(−(t − 1)/c) exceeds r at the first t > 1 + c·ln(1/(1 − r))."""
+    assert b == 1.0
+    t_first = math.floor(1 + c * math.log(1 / (1 - r))) + 1
+    return t_first - 1  # the first IoU (epoch 0) sits at x = 1
+
+
+# ----------------------------------------------------------------------------- onset detection
+
+
+def test_onset_fires_at_the_knee_of_a_known_curve():
+    x = np.arange(1, 31)
+    curve = iou_curve_model(x, 0.8, 1.0, 3.0)
+    expected = knee_epoch(1.0, 3.0)
+    assert expected == 7
+    assert first_firing(curve, 30) == (expected, expected)
+    info = onset_analysis(curve[:12], 30)
+    np.testing.assert_allclose(info["params"], [0.8, 1.0, 3.0], atol=1e-3)
+    # Later epochs keep reporting the same onset; the curve past the knee rises slowly (memorisation).
+    creeping = curve + 0.003 * x
+    fired = first_firing(creeping, 30)
+    assert fired is not None and abs(fired[0] - expected) <= 1
+
+
+def test_onset_with_noise_and_a_flat_start():
+    rng = np.random.default_rng(0)
+    x = np.arange(1, 31)
+    noisy = iou_curve_model(x, 0.8, 1.0, 3.0) + rng.normal(0, 0.005, x.size)
+    fired = first_firing(noisy, 30)
+    assert fired is not None and abs(fired[1] - 7) <= 1
+    # Four flat epochs before learning takes off: skipped, the onset shifts by them.
+    delayed = np.concatenate([np.full(4, 0.02), iou_curve_model(np.arange(1, 27), 0.8, 1.0, 3.0)])
+    assert skip_leading(delayed, 0.1) == 3
+    assert first_firing(delayed, 30) == (3 + 8, 3 + 8)
+
+
+def test_onset_never_fires_on_flat_or_still_rising_curves():
+    rng = np.random.default_rng(1)
+    x = np.arange(1, 31)
+    flat = 0.8 + rng.normal(0, 0.005, x.size)
+    assert first_firing(flat, 30) is None
+    assert "flat" in onset_analysis(flat, 30)["reason"]
+    linear = 0.02 * x
+    assert first_firing(linear, 30) is None
+    slow = iou_curve_model(x, 0.9, 1.0, 30.0)  # still far from its plateau at the end of the run
+    assert first_firing(slow, 30) is None
+    assert "early learning" in onset_analysis(slow, 30)["reason"]
+    assert detect_onset([0.3, 0.6], 30) is None  # too short to fit
+    # Epochs where the class was absent (None) carry the previous value forward.
+    assert onset_analysis([None, 0.4, None, 0.7, 0.75], 30)["params"] is not None
+
+
+def test_a_class_not_learnt_yet_never_starts_memorising():
+    # A knee at a low plateau (IoU 0.3): the network has not learnt the class.
+    x = np.arange(1, 31)
+    low = iou_curve_model(x, 0.3, 1.0, 3.0)
+    assert first_firing(low, 30) is None
+    assert "not learnt" in onset_analysis(low, 30)["reason"]
+    assert detect_onset(low[:10], 30, min_iou=0.0) == 7
+
+
+def test_correction_period_scales_with_the_budget():
+    assert correction_period(10, 100) == 10
+    assert correction_period(10, 200) == 10
+    assert correction_period(10, 30) == 3
+    assert correction_period(10, 4) == 1
+
+
+# ----------------------------------------------------------------------------- multi-scale consistency
+
+
+def test_scaled_sizes_fit_the_unet():
+    for size in (64, 128, 256):
+        for scale in (0.7, 1.0, 1.5):
+            assert scaled_size(size, scale, 8) % 8 == 0
+    assert scaled_size(256, 0.7, 16) == 176 and scaled_size(256, 1.5, 16) == 384
+    assert scaled_size(16, 0.7, 16) == 16
+
+
+def test_multiscale_loss_is_finite_and_kl_vanishes_when_scales_agree():
+    torch.manual_seed(0)
+    model = UNet(1, 3, width=4, depth=2)
+    image = torch.rand(2, 1, 32, 32)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    weights = torch.ones(2, 32, 32)
+    weights[:, :, -4:] = 0
+    logits = multiscale_logits(model, image, [0.7, 1.0, 1.5], 4)
+    assert [tuple(l.shape) for l in logits] == [(2, 3, 32, 32)] * 3
+    loss, parts = adele_loss(logits, labels, weights, rho=0.0)
+    assert torch.isfinite(loss) and parts["consistency"] > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    same = torch.randn(2, 3, 8, 8)
+    kl, confident = consistency_map([same, same.clone(), same.clone()], rho=0.0)
+    assert confident.all()
+    assert float(kl.abs().max()) < 1e-6
+    loss_same, parts_same = adele_loss([same] * 3, labels[:, :8, :8], weights[:, :8, :8], rho=0.0)
+    assert parts_same["consistency"] < 1e-6
+    single, parts_single = adele_loss([same], labels[:, :8, :8], weights[:, :8, :8])
+    assert float(loss_same) == pytest.approx(float(single), rel=1e-5)  # (3·sup + 0) / 3 = sup
+    # The KL only applies where the mixture is confident: rho = 1 switches it off.
+    other = torch.randn(2, 3, 8, 8)
+    _, parts_off = adele_loss([same, other], labels[:, :8, :8], weights[:, :8, :8], rho=1.0)
+    assert parts_off["consistency"] == 0.0
+
+
+# ----------------------------------------------------------------------------- correction rule
+
+
+def test_correction_rule():
+    # 3 classes, 1×6 pixels.
+    p = np.array([
+        [0.9, 0.1, 0.1, 0.1, 0.5, 0.9],   # background
+        [0.05, 0.8, 0.1, 0.8, 0.3, 0.05],  # class 1
+        [0.05, 0.1, 0.8, 0.1, 0.2, 0.05],  # class 2
+    ], np.float32)[:, None, :]
+    current = np.array([[1, 0, 1, 2, 1, 0]])
+    frozen = np.array([[False] * 5 + [True]])
+    new = correct_labels(p, current, memorising=[1], frozen=frozen)
+    # px0: confident bg, label 1 memorising -> 0; px1: confident 1 on bg -> 1;
+    # px2: predicted 2 (not memorising) -> kept; px3: label 2 (not memorising) -> kept;
+    # px4: not confident -> kept; px5: frozen.
+    np.testing.assert_array_equal(new, [[0, 1, 1, 2, 1, 0]])
+    new = correct_labels(p, current, memorising=[1, 2], frozen=frozen)
+    np.testing.assert_array_equal(new, [[0, 1, 2, 1, 1, 0]])
+    # The class constraint: class 2 is not in this sample's source.
+    new = correct_labels(p, current, memorising=[1, 2], present={1}, frozen=frozen)
+    np.testing.assert_array_equal(new, [[0, 1, 1, 1, 1, 0]])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    settings = dict(method="adele", epochs=10, patch_size=64, batch_size=4, width=8, depth=3, seed=0,
+                    device="cpu")
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def crops():
+    data = load_bbbc()
+    window = lambda a, y, x: np.ascontiguousarray(a[y : y + SIZE, x : x + SIZE])
+    images = [window(data["image"][i], y, x) for i, y, x in CROPS]
+    clean = [window(data["clean"][i], y, x).astype(np.int64) for i, y, x in CROPS]
+    noisy = [window(data["noisy"][i], y, x).astype(np.int64) for i, y, x in CROPS]
+    noisy[0][TRUST_BOX] = 1 - clean[0][TRUST_BOX]  # trusted and deliberately inverted
+    trust = [np.zeros((SIZE, SIZE), bool) for _ in CROPS]
+    trust[0][TRUST_BOX] = True
+    assert sum(int((n != c).sum()) for n, c in zip(noisy, clean)) > 1000
+    return {"images": images, "clean": clean, "noisy": noisy, "trust": trust}
+
+
+@pytest.fixture(scope="module")
+def dataset(crops):
+    return build_dataset(crops["images"], crops["noisy"], [f"crop{i}" for i in range(len(CROPS))],
+                         modes="2d", trust=crops["trust"])
+
+
+@pytest.fixture(scope="module")
+def trained(dataset):
+    events = []
+    # r = 0.5 ends early learning sooner so that a 10-epoch run corrects at least once.
+    result = fit(dataset, tiny_config(params={"r": 0.5}), events.append)
+    return result, events
+
+
+def test_registered_and_params_checked(dataset):
+    assert REGISTRY["adele"] == "napari_noisyseg.methods.adele"
+    assert get_method("adele").NAME == "adele"
+    assert "adele" in available_methods()
+    with pytest.raises(ValueError, match="Unknown parameters"):
+        fit(dataset, tiny_config(params={"tau": 0.5}))
+    with pytest.raises(ValueError, match="include 1.0"):
+        fit(dataset, tiny_config(params={"scales": [0.7, 1.5]}))
+
+
+def test_training_corrects_and_keeps_trust(trained, dataset, crops):
+    result, events = trained
+    history = result.history
+    assert len(history["iou_curves"]["1"]) == 10
+    assert history["onset_epoch"]["1"] is not None
+    fit_record = history["curve_fits"]["1"]
+    assert fit_record["fired"] and len(fit_record["params"]) == 3
+    assert history["correction_epochs"] and history["correction_epochs"][0] == history["onset_epoch"]["1"]
+    assert sum(history["pixels_changed"]) > 0
+    assert any(isinstance(e, StateEvent) and e.state == "correcting" for e in events)
+    assert len(history["consistency"]) == 10 and all(np.isfinite(history["consistency"]))
+    changed = sum(int((c != s.labels).sum()) for c, s in zip(result.corrected, dataset.samples))
+    assert changed == history["corrections"][-1]["pixels_differing_from_given"] > 0
+    # Trusted pixels: never corrected, zero noise.
+    np.testing.assert_array_equal(result.corrected[0][TRUST_BOX], crops["noisy"][0][TRUST_BOX])
+    assert (result.noise[0][TRUST_BOX] == 0).all()
+    for noise, corrected, sample in zip(result.noise, result.corrected, dataset.samples):
+        assert noise.shape == corrected.shape == sample.shape and noise.dtype == np.float32
+        assert 0 <= noise.min() and noise.max() <= 1
+    json.dumps(history)  # serialisable as is
+
+
+def test_noise_ranks_wrong_pixels_higher(trained, crops):
+    result, _ = trained
+    noise = np.concatenate([n.ravel() for n in result.noise])
+    wrong = np.concatenate([(n != c).ravel() for n, c in zip(crops["noisy"], crops["clean"])])
+    trust = np.concatenate([t.ravel() for t in crops["trust"]])
+    assert noise[wrong & ~trust].mean() > 2 * noise[~wrong].mean()
+
+
+def test_deterministic(dataset):
+    config = tiny_config(epochs=3, params={"r": 0.2})
+    first, second = fit(dataset, config), fit(dataset, config)
+    for a, b in zip(first.probabilities, second.probabilities):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(first.corrected, second.corrected):
+        np.testing.assert_array_equal(a, b)
+    assert first.history["iou_curves"] == second.history["iou_curves"]
+
+
+def test_stop_returns_a_usable_result(dataset):
+    progress = Progress()
+    steps = []
+
+    def listen(event):
+        if isinstance(event, StepEvent):
+            steps.append(event.step)
+            if len(steps) == 3:
+                progress.request_stop()
+
+    progress.callback = listen
+    result = fit(dataset, tiny_config(epochs=50), progress)
+    assert result.stopped and result.history["steps"] == 3
+    for noise, corrected, sample in zip(result.noise, result.corrected, dataset.samples):
+        assert noise.shape == corrected.shape == sample.shape
+        assert np.isfinite(noise).all()
+    np.testing.assert_array_equal(result.corrected[0], dataset.samples[0].labels)  # nothing fired yet
+    assert np.isfinite(result.sample_reliability).all()
+
+
+def test_cli_trains_adele(tmp_path, crops):
+    from napari_noisyseg.cli import main
+
+    for i, (image, labels) in enumerate(zip(crops["images"][:2], crops["noisy"][:2])):
+        io.write_array(tmp_path / "images" / f"crop{i}.tif", image)
+        io.write_labels(tmp_path / "labels" / f"crop{i}.png", labels)
+    out = tmp_path / "run"
+    code = main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                 "--method", "adele", "--epochs", "2", "--patch-size", "64", "--batch-size", "4",
+                 "--width", "8", "--depth", "3", "--device", "cpu", "--param", "scales=[1.0, 1.5]",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    record = json.loads((out / "history.json").read_text())
+    assert record["method"] == "adele"
+    assert record["history"]["scales"] == [1.0, 1.5]
+    assert len(record["history"]["iou_curves"]["1"]) == 2
+    noise = io.read_image(out / "noise" / "crop0.tif")[0]
+    assert noise.shape == (SIZE, SIZE) and 0 <= noise.min() and noise.max() <= 1

@@ -1,0 +1,237 @@
+"""Co-Seg (METHODS.md §2) on small crops of the repository's BBBC039 sample data.
+
+Every training here is tiny (96×96 crops, 64-pixel patches, a width-8, depth-3
+U-Net, a handful of epochs) so that the whole file runs in well under a minute
+on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_noisyseg.core.dataset import build_dataset
+from napari_noisyseg.core.noise import simulate_noise
+from napari_noisyseg.engine.events import Progress, StepEvent
+from napari_noisyseg.methods import REGISTRY, TrainConfig, get_method
+from napari_noisyseg.methods import coseg
+
+CROP = 96
+TINY = dict(patch_size=64, batch_size=4, width=8, depth=3, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine
+    two spinning threads per step make these runs 10× slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _crops(sample: dict, count: int) -> tuple[list, list]:
+    """``count`` 96×96 crops (image, clean labels) with nuclei in them."""
+    images, labels = [], []
+    stack, clean = sample["image"], sample["clean"]
+    for index in range(stack.shape[0]):
+        for top in range(0, stack.shape[1] - CROP + 1, CROP):
+            for left in range(0, stack.shape[2] - CROP + 1, CROP):
+                lab = clean[index, top : top + CROP, left : left + CROP]
+                if 0.08 < lab.mean() < 0.5:
+                    images.append(stack[index, top : top + CROP, left : left + CROP])
+                    labels.append(lab.astype(np.int64))
+                if len(images) == count:
+                    return images, labels
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def crops(_bbbc_cached) -> dict:
+    """Eight crops: the first four with heavily wrong labels, the last four clean."""
+    images, clean = _crops(_bbbc_cached, 8)
+    assert len(images) == 8
+    run = simulate_noise(clean[:4], "missing+spurious", fraction=1.0, seed=3, p=0.8)
+    noisy = [np.asarray(n, np.int64) for n in run.noisy] + [c.copy() for c in clean[4:]]
+    return {"images": images, "clean": clean, "noisy": noisy, "corrupted": np.arange(8) < 4}
+
+
+def _dataset(crops, trust=None):
+    return build_dataset(crops["images"], crops["noisy"], [f"crop{i}" for i in range(8)], trust=trust)
+
+
+def _config(epochs, **params):
+    return TrainConfig(method="coseg", epochs=epochs, params=params, **TINY)
+
+
+def test_registry_lists_coseg():
+    assert "coseg" in REGISTRY
+    module = get_method("coseg")
+    assert module.SUMMARY
+    assert module.NAME == "coseg" and module.fit is coseg.fit
+    assert set(module.DEFAULTS) >= {"granularity", "epsilon", "t_k", "lambda_agree", "tau"}
+    with pytest.raises(ValueError, match="granularity"):
+        coseg.fit(build_dataset([np.zeros((8, 8))], [np.zeros((8, 8), int)]),
+                  _config(1, granularity="voxel"))
+
+
+def test_schedule_and_split():
+    assert coseg.keep_ratio(0, 0.3, 10) == 1.0
+    assert coseg.keep_ratio(5, 0.3, 10) == pytest.approx(0.85)
+    assert coseg.keep_ratio(50, 0.3, 10) == pytest.approx(0.7)
+    assert coseg.effective_t_k(10, 100) == 10 and coseg.effective_t_k(10, 10) == pytest.approx(3.0)
+    assert coseg.stage1_epochs(10, 0.6) == 6 and coseg.stage1_epochs(1, 0.6) == 1
+    assert coseg.stage1_epochs(2, 0.9) == 1  # at least one epoch left to retrain
+
+
+def test_selection_keeps_small_scores_and_trusted_pixels():
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.3])
+    assert coseg.select_samples(scores, 0.5).tolist() == [False, True, False, True]
+    # Pixel mode: per class, at most 50 % (the highest scores) are dropped, trusted pixels never.
+    labels = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1]]])
+    pixel_scores = torch.tensor([[[0.1, 0.9, 0.2, 0.8], [0.3, 0.7, 0.4, 0.6]]])
+    weights = torch.ones(1, 2, 4)
+    trust = torch.zeros(1, 2, 4, dtype=torch.bool)
+    trust[0, 0, 1] = True  # the worst background pixel is trusted
+    keep = coseg.select_pixels(pixel_scores, labels, weights, trust, 0.5, 2)[0]
+    assert keep[0, 1]  # trusted: kept despite the largest score
+    assert keep[0, 0] and keep[1, 0] and not keep[1, 1]  # background: the 2 smallest of 3 untrusted
+    assert keep[0, 2] and keep[1, 2] and not keep[0, 3] and not keep[1, 3]  # foreground: 2 of 4
+
+
+@pytest.fixture(scope="module")
+def trained(crops) -> dict:
+    """One image-granularity run; the corrupted crops carry a trusted band of wrong labels."""
+    trust = []
+    for index, labels in enumerate(crops["noisy"]):
+        mask = np.zeros(labels.shape, bool)
+        if index < 4:
+            mask[:, 40:64] = True
+        trust.append(mask)
+    dataset = _dataset(crops, trust=trust)
+    result = coseg.fit(dataset, _config(20, granularity="image", t_k=4))
+    return {"dataset": dataset, "result": result}
+
+
+def test_selection_record_prefers_clean_samples(crops, trained):
+    result = trained["result"]
+    selection = np.asarray(result.history["selection_fraction"])
+    corrupted = crops["corrupted"]
+    assert selection[~corrupted].mean() > selection[corrupted].mean() + 0.1
+    assert result.sample_reliability[~corrupted].mean() > result.sample_reliability[corrupted].mean()
+    reliable = set(result.history["reliable_samples"])
+    assert len(reliable & {f"crop{i}" for i in range(4, 8)}) > len(reliable & {f"crop{i}" for i in range(4)})
+
+
+def test_history_explains_the_run(trained):
+    history = trained["result"].history
+    assert history["stage"] == [1] * 12 + [4] * 8
+    assert history["keep_ratio"][0] == 1.0 and history["keep_ratio"][2] == pytest.approx(0.85)
+    assert history["keep_ratio"][11] == pytest.approx(0.7) and history["keep_ratio"][12:] == [None] * 8
+    assert history["score_kept"][11] < history["score_dropped"][11]
+    assert 0.6 < history["selected_f"][11] < 0.9
+    assert history["final_from"] == "final" and trained["result"].final_model == "final"
+    assert len(history["loss"]) == 20 and history["stage1_epochs"] == 12
+    assert history["n_corrected_pixels"] >= 0
+
+
+def test_trusted_pixels_never_change(trained):
+    result, dataset = trained["result"], trained["dataset"]
+    changed = 0
+    for sample, noise, corrected in zip(dataset.samples, result.noise, result.corrected):
+        assert np.array_equal(corrected[sample.trust], sample.labels[sample.trust])
+        assert np.all(noise[sample.trust] == 0)
+        changed += int((corrected != sample.labels).sum())
+    assert changed > 0  # it does propose changes elsewhere
+
+
+def test_correction_rule_leaves_frozen_pixels():
+    prob_f = np.zeros((2, 4, 4), np.float32)
+    prob_f[1] = 0.95
+    prob_f[0] = 0.05
+    prob_g = prob_f.copy()
+    prob_g[:, 0, 0] = (0.9, 0.1)  # g disagrees on one pixel
+    labels = np.zeros((4, 4), np.int64)
+    frozen = np.zeros((4, 4), bool)
+    frozen[3, 3] = True
+    corrected, confident, dice = coseg.correct_sample(prob_f, prob_g, labels, frozen, 0.8)
+    assert corrected[0, 0] == 0 and not confident[0, 0]  # disagreement: unchanged
+    assert corrected[3, 3] == 0 and not confident[3, 3]  # frozen: unchanged
+    assert corrected[1, 1] == 1 and confident[1, 1]
+    assert dice == pytest.approx(2 * 15 / 31)
+
+
+def _stop_at(predicate):
+    progress = Progress()
+
+    def callback(event):
+        if isinstance(event, StepEvent) and predicate(event):
+            progress.request_stop()
+
+    progress.callback = callback
+    return progress
+
+
+@pytest.mark.parametrize("stop_epoch, final_from", [(1, "f+g"), (2, "f+g"), (3, "final")])
+def test_stop_returns_a_usable_result(crops, stop_epoch, final_from):
+    dataset = _dataset(crops)
+    # 4 epochs: stage 1 is epochs 0-1, stage 4 epochs 2-3 (stopping in epoch 2 leaves the
+    # final network less than an epoch of training, so f and g predict).
+    progress = _stop_at(lambda event: event.epoch == stop_epoch)
+    result = coseg.fit(dataset, _config(4), progress)
+    assert result.stopped
+    assert result.history["final_from"] == final_from
+    assert result.history["stage"][-1] == (1 if stop_epoch < 2 else 4)
+    for sample, probs, noise, corrected in zip(dataset.samples, result.probabilities, result.noise,
+                                               result.corrected):
+        assert probs.shape == (2,) + sample.shape and np.allclose(probs.sum(0), 1, atol=1e-3)
+        assert noise.shape == sample.shape and noise.dtype == np.float32
+        assert 0 <= noise.min() and noise.max() <= 1
+        assert corrected.shape == sample.shape
+    assert result.sample_reliability.shape == (8,)
+    assert result.final_model in result.models
+
+
+def test_deterministic_with_seed_and_pixel_mode_keeps_trust(crops):
+    trust = [np.zeros(labels.shape, bool) for labels in crops["noisy"]]
+    trust[0][:, 40:64] = True
+    dataset = _dataset(crops, trust=trust).subset([0, 4])
+    first = coseg.fit(dataset, _config(3, granularity="pixel"))
+    second = coseg.fit(dataset, _config(3, granularity="pixel"))
+    sample = dataset.samples[0]
+    assert np.array_equal(first.corrected[0][sample.trust], sample.labels[sample.trust])
+    assert np.all(first.noise[0][sample.trust] == 0) and first.noise[0].max() > 0
+    for a, b in zip(first.noise, second.noise):
+        assert np.array_equal(a, b)
+    for a, b in zip(first.corrected, second.corrected):
+        assert np.array_equal(a, b)
+    assert np.array_equal(first.sample_reliability, second.sample_reliability)
+
+
+def test_refit_warm_starts(crops):
+    dataset = _dataset(crops).subset([0, 1, 4, 5])
+    first = coseg.fit(dataset, _config(3))
+    trust = [np.zeros(s.shape, bool) for s in dataset.samples]
+    trust[0][:32] = True
+    second = coseg.refit(dataset.with_trust(trust), _config(2), first)
+    assert second.history["keep_ratio"][0] == pytest.approx(0.7)  # no second warm-up
+    assert np.array_equal(second.corrected[0][:32], dataset.samples[0].labels[:32])
+
+
+def test_cli_train_coseg(crops, tmp_path):
+    from napari_noisyseg.cli import main
+    from napari_noisyseg.core import io
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    for index in (0, 4):
+        io.write_array(images / f"crop{index}.tif", crops["images"][index])
+        io.write_labels(labels / f"crop{index}.png", crops["noisy"][index].astype(np.uint8))
+    out = tmp_path / "run"
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--method", "coseg",
+                 "--epochs", "2", "--patch-size", "64", "--batch-size", "4", "--width", "8", "--depth", "3",
+                 "--param", "granularity=\"image\"", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert (out / "model.safetensors").is_file() and (out / "history.json").is_file()
+    noise = io.read_array(out / "noise" / "crop0.tif")[0]
+    assert noise.shape == (CROP, CROP) and 0 <= noise.min() and noise.max() <= 1

@@ -1,0 +1,240 @@
+"""Distilling effective supervision (METHODS.md §4) and the EMA teacher.
+
+The maths is tested on constructed arrays; the training runs use small crops of
+the repository's BBBC039 sample data (128×128 crops, 64-pixel patches, a width-8,
+depth-3 U-Net, a few epochs) so the file runs well under a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_noisyseg.core.dataset import build_dataset
+from napari_noisyseg.core.noise import simulate_noise
+from napari_noisyseg.engine.ema import EMATeacher
+from napari_noisyseg.engine.events import Progress, StepEvent
+from napari_noisyseg.engine.losses import soft_ce_map, ce_map
+from napari_noisyseg.methods import REGISTRY, TrainConfig, get_method
+from napari_noisyseg.methods import distill
+
+CROP = 128
+TINY = dict(patch_size=64, batch_size=4, width=8, depth=3, seed=0)
+# A short run needs a teacher that follows the student more closely than 0.99.
+FAST = dict(ema_decay=0.9, warmup_fraction=0.5, refresh_every=1, mc_samples=4)
+
+
+def _crops(sample: dict, count: int) -> tuple[list, list]:
+    images, labels = [], []
+    stack, clean = sample["image"], sample["clean"]
+    for index in range(stack.shape[0]):
+        for top in range(0, stack.shape[1] - CROP + 1, CROP):
+            for left in range(0, stack.shape[2] - CROP + 1, CROP):
+                lab = clean[index, top : top + CROP, left : left + CROP]
+                if 0.1 < lab.mean() < 0.5:
+                    images.append(stack[index, top : top + CROP, left : left + CROP])
+                    labels.append(lab.astype(np.int64))
+                if len(images) == count:
+                    return images, labels
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def crops(_bbbc_cached) -> dict:
+    """Six crops: the first has every nucleus removed from its labels, the others are clean."""
+    images, clean = _crops(_bbbc_cached, 6)
+    assert len(images) == 6
+    run = simulate_noise(clean[:1], "missing", fraction=1.0, seed=0, p=1.0)
+    noisy = [np.asarray(run.noisy[0], np.int64)] + [c.copy() for c in clean[1:]]
+    assert noisy[0].max() == 0
+    return {"images": images, "clean": clean, "noisy": noisy}
+
+
+def _dataset(crops, trust=None):
+    return build_dataset(crops["images"], crops["noisy"], [f"crop{i}" for i in range(6)], trust=trust)
+
+
+def _config(epochs, **params):
+    return TrainConfig(method="distill", epochs=epochs, params={**FAST, **params}, **TINY)
+
+
+@pytest.fixture(scope="module")
+def trained(crops):
+    """One run with the top-left 40×40 of the corrupted crop trusted."""
+    trust = [np.zeros((CROP, CROP), bool) for _ in range(6)]
+    trust[0][:40, :40] = True
+    dataset = _dataset(crops, trust)
+    return dataset, distill.fit(dataset, _config(8))
+
+
+# ----------------------------------------------------------------------------- EMA
+def test_ema_follows_the_student_with_ramp():
+    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMATeacher(student, decay=0.99)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    assert ema.current_decay() == pytest.approx(0.5)
+    target = [p.detach().clone() + 1.0 for p in student.parameters()]
+    with torch.no_grad():
+        for p, t in zip(student.parameters(), target):
+            p.copy_(t)
+        student[1].running_mean.fill_(2.0)
+    before = [p.clone() for p in ema.model.parameters()]
+    ema.update(student)
+    for b, a, t in zip(before, ema.model.parameters(), target):
+        assert torch.allclose(a, 0.5 * b + 0.5 * t)
+    assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 1.0))
+    assert int(ema.model[1].num_batches_tracked) == int(student[1].num_batches_tracked)
+    for _ in range(500):
+        ema.update(student)
+    assert ema.current_decay() == pytest.approx(0.99)
+    for a, t in zip(ema.model.parameters(), target):
+        assert torch.allclose(a, t, atol=1e-3)
+    with pytest.raises(ValueError):
+        EMATeacher(student, decay=1.0)
+
+
+# ----------------------------------------------------------------------------- maths
+def test_pixel_noise_formula():
+    labels = np.array([[0, 1, 0, 1]])
+    mean = np.array([[[0.999, 0.001, 0.5, 0.9]], [[0.001, 0.999, 0.5, 0.1]]])
+    noise, uncertainty = distill.pixel_noise(mean, labels)
+    assert noise.dtype == np.float32 and noise.shape == (1, 4)
+    assert noise[0, 0] < 0.02  # confident and agreeing: clean
+    assert noise[0, 1] > 0.98  # confident and disagreeing: noisy
+    assert noise[0, 2] == pytest.approx(1.0) and uncertainty[0, 2] == pytest.approx(1.0)
+    h = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1)) / np.log(2)
+    assert uncertainty[0, 3] == pytest.approx(h, rel=1e-5)
+    assert noise[0, 3] == pytest.approx(h + (1 - h) * 0.9, rel=1e-5)
+
+
+def test_robust_target_is_the_weighted_ce():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 5)
+    labels = torch.randint(0, 3, (2, 5, 5))
+    pseudo = torch.randint(0, 3, (2, 5, 5))
+    n = torch.rand(2, 5, 5)
+    target = distill.robust_target(labels, pseudo, n, 3)
+    assert torch.allclose(target.sum(1), torch.ones(2, 5, 5))
+    expected = (1 - n) * ce_map(logits, labels) + n * ce_map(logits, pseudo)
+    assert torch.allclose(soft_ce_map(logits, target), expected, atol=1e-5)
+
+
+def test_image_scores_rank_a_corrupted_image_first():
+    """Constructed teacher: right on the clean truth; image 0 lost all its objects."""
+    rng = np.random.default_rng(0)
+    truths, givens, scores = [], [], []
+    for index in range(5):
+        truth = np.zeros((64, 64), np.int64)
+        for _ in range(4):
+            y, x = rng.integers(8, 56, size=2)
+            truth[y - 5 : y + 5, x - 5 : x + 5] = 1
+        given = np.zeros_like(truth) if index == 0 else truth.copy()
+        mean = np.where(truth[None] == np.arange(2)[:, None, None], 0.97, 0.03)
+        noise, _ = distill.pixel_noise(mean, given)
+        scores.append(distill.image_noise_score(noise, given, mean.argmax(0), band=3))
+    assert np.argmax(scores) == 0 and scores[0] > 0.9 and max(scores[1:]) < 0.5
+    chosen = distill.select_noisy_images(scores, 0.3)
+    assert chosen[0] and chosen.sum() == 2  # round(0.3 * 5) = 2 (half up)
+    assert distill.select_noisy_images(scores, 0.1).tolist() == [True, False, False, False, False]
+    assert distill.select_noisy_images(scores, 0.0).sum() == 0
+    assert distill.select_noisy_images([0.2, 0.2, 0.1], 0.2).tolist() == [True, False, False]
+
+
+# ----------------------------------------------------------------------------- training
+def test_registry_and_params():
+    assert REGISTRY["distill"] == "napari_noisyseg.methods.distill"
+    module = get_method("distill")
+    assert module.NAME == "distill" and module.SUMMARY and module.fit is distill.fit
+    assert module.DEFAULTS["ema_decay"] == 0.99 and module.DEFAULTS["mc_samples"] == 8
+    tiny = build_dataset([np.zeros((16, 16))], [np.zeros((16, 16), int)])
+    with pytest.raises(ValueError, match="dropout"):
+        distill.fit(tiny, _config(1, dropout=0.0))
+    with pytest.raises(ValueError, match="Unknown parameters"):
+        distill.fit(tiny, _config(1, epsilon=0.3))
+
+
+def test_real_run_ranks_the_corrupted_crop_and_flags_its_nuclei(trained, crops):
+    dataset, result = trained
+    reliability = result.sample_reliability
+    assert reliability.shape == (6,) and np.all((0 <= reliability) & (reliability <= 1))
+    assert np.argmin(reliability) == 0
+    assert reliability[0] < min(reliability[1:]) - 0.1
+    # The missing nuclei (outside the trusted corner) are flagged more than the rest.
+    missing = (crops["clean"][0] == 1)
+    missing[:40, :40] = False
+    assert result.noise[0][missing].mean() > result.noise[0][~missing].mean() + 0.3
+    history = result.history
+    assert history["stage"][:4] == ["warmup"] * 4 and history["stage"][4:] == ["robust"] * 4
+    assert len(history["image_scores"][-1]) == 6 and history["down_weighted_fraction"][-1] == pytest.approx(1 / 3)
+    assert 0 in history["down_weighted_images"][-1]
+    assert all(0 <= v <= 1 for v in history["mean_noise"][4:])
+
+
+def test_trusted_pixels_never_change(trained):
+    dataset, result = trained
+    sample = dataset.samples[0]
+    assert np.all(result.noise[0][sample.trust] == 0)
+    assert np.array_equal(result.corrected[0][sample.trust], sample.labels[sample.trust])
+    # Training side: trusted pixels keep the given label even in a selected image.
+    maps = {"noise": [np.full(s.shape, 0.7, np.float32) for s in dataset.samples]}
+    selected = np.zeros(6, bool)
+    selected[0] = True
+    run = type("Run", (), {"dataset": dataset})()
+    weights = distill.training_weights(run, maps, selected)
+    assert np.all(weights[0][sample.trust] == 0) and np.all(weights[0][~sample.trust] == 1)
+    assert np.allclose(weights[1], 0.7)
+
+
+def _stop_at(predicate):
+    progress = Progress()
+
+    def callback(event):
+        if isinstance(event, StepEvent) and predicate(event):
+            progress.request_stop()
+
+    progress.callback = callback
+    return progress
+
+
+@pytest.mark.parametrize("stop_epoch", [0, 3])
+def test_stop_returns_a_usable_result(crops, stop_epoch):
+    dataset = _dataset(crops).subset([0, 1, 2])
+    progress = _stop_at(lambda event: event.epoch == stop_epoch)
+    result = distill.fit(dataset, _config(6, warmup_fraction=0.4), progress)
+    assert result.stopped and result.history["stopped"]
+    assert result.history["epoch"][-1] <= stop_epoch
+    for sample, probs, noise, corrected in zip(dataset.samples, result.probabilities, result.noise,
+                                               result.corrected):
+        assert probs.shape == (2,) + sample.shape and np.allclose(probs.sum(0), 1, atol=1e-3)
+        assert noise.shape == sample.shape and noise.dtype == np.float32
+        assert 0 <= noise.min() and noise.max() <= 1
+        assert corrected.shape == sample.shape
+    assert result.final_model == "teacher" and set(result.models) == {"teacher", "student"}
+
+
+def test_deterministic_with_seed(crops):
+    dataset = _dataset(crops).subset([0, 1])
+    first = distill.fit(dataset, _config(2, mc_samples=2))
+    second = distill.fit(dataset, _config(2, mc_samples=2))
+    for a, b in zip(first.noise, second.noise):
+        assert np.array_equal(a, b)
+    assert np.array_equal(first.sample_reliability, second.sample_reliability)
+
+
+def test_cli_train_distill(crops, tmp_path):
+    from napari_noisyseg.cli import main
+    from napari_noisyseg.core import io
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    for index in (0, 1):
+        io.write_array(images / f"crop{index}.tif", crops["images"][index])
+        io.write_labels(labels / f"crop{index}.png", crops["noisy"][index].astype(np.uint8))
+    out = tmp_path / "run"
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--method", "distill",
+                 "--epochs", "2", "--patch-size", "64", "--batch-size", "4", "--width", "8", "--depth", "3",
+                 "--param", "mc_samples=2", "--param", "warmup_fraction=0.5", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert (out / "model.safetensors").is_file() and (out / "history.json").is_file()
+    noise = io.read_array(out / "noise" / "crop0.tif")[0]
+    assert noise.shape == (CROP, CROP) and 0 <= noise.min() and noise.max() <= 1

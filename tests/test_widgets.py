@@ -1,0 +1,494 @@
+"""The Train / Review / Export widgets in a real napari viewer (Xvfb).
+
+Each test opens the plugin's nuclei sample, crops it to a small stack (training
+takes seconds on two cores) and drives the widgets as a person would: buttons,
+keys on the canvas, the layer pickers. Outcomes are checked on the data: the
+overlay layers, the original layer's hash, the cleaned labels, the curation
+log, what the retraining received and the exported files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+
+import numpy as np
+import pytest
+
+from napari_noisyseg.widgets.layers import camera_of
+
+PLUGIN = "napari-noisyseg"
+CROP = (slice(0, 2), slice(0, 96), slice(0, 128))
+
+
+def _hash(array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """The nuclei sample, plus a 2 x 96 x 128 crop of it as "crop image" / "crop labels"."""
+    import torch
+
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "nuclei_2d")
+    image, labels = viewer.layers["nuclei image"], viewer.layers["nuclei labels"]
+    viewer.add_image(np.array(image.data[CROP]), name="crop image")
+    viewer.add_labels(np.array(labels.data[CROP]), name="crop labels", metadata=dict(labels.metadata))
+    for name in ("nuclei image", "nuclei labels", "nuclei clean (reference)"):
+        viewer.layers[name].visible = False
+    return viewer
+
+
+def _dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def _train_widget(viewer, epochs=2, preview_every=2):
+    train = _dock(viewer, "Train")
+    train.set_pair(0, "crop image", "crop labels")
+    train.method.setCurrentIndex(train.method.findData("baseline"))
+    train.epochs.setValue(epochs)
+    train.patch_size.setValue(64)
+    train.batch_size.setValue(4)
+    train.width.setValue(8)
+    train.depth.setValue(3)
+    train.preview_every.setValue(preview_every)
+    return train
+
+
+def _run(qtbot, train, button=None, timeout=120):
+    """Click Train (or ``button``) and wait for the job; return (job, events)."""
+    events = []
+    train.state.job_started.connect(lambda job: job.event.connect(events.append))
+    qtbot.mouseClick(button or train.train_button, _left())
+    job = train.state.job
+    assert job is not None, train.status.text()
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=timeout * 1000)
+    assert job.outcome.error is None, job.outcome.error
+    return job, events
+
+
+def _left():
+    from qtpy.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
+
+
+def _press(viewer, qtbot, key):
+    """A real key press on the canvas (what a person does)."""
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, key)
+
+
+def _trained(viewer, qtbot, epochs=1):
+    train = _train_widget(viewer, epochs=epochs, preview_every=0)
+    _run(qtbot, train)
+    return train
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def test_widgets_appear_through_the_manifest(make_napari_viewer):
+    from napari_noisyseg.widgets.export import ExportWidget
+    from napari_noisyseg.widgets.review import ReviewWidget
+    from napari_noisyseg.widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    widgets = {name: _dock(viewer, name) for name in ("Train", "Review", "Export")}
+    assert isinstance(widgets["Train"], TrainWidget)
+    assert isinstance(widgets["Review"], ReviewWidget)
+    assert isinstance(widgets["Export"], ExportWidget)
+    # One shared state per viewer, whatever proxy napari handed each widget.
+    assert widgets["Train"].state is widgets["Review"].state is widgets["Export"].state
+    train = widgets["Train"]
+    methods = [train.method.itemData(i) for i in range(train.method.count())]
+    from napari_noisyseg.methods import available_methods
+
+    assert methods == list(available_methods())
+    devices = [train.device.itemData(i) for i in range(train.device.count())]
+    from napari_noisyseg.engine.device import available_devices
+
+    assert devices == ["auto", *available_devices()]
+    if available_devices() == ["cpu"]:
+        assert "CPU" in train.device_note.text() and not train.device_note.isHidden()
+    assert train.advanced.isHidden()  # advanced settings start collapsed
+    assert not train.train_button.isEnabled()  # no layers to pick yet
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_makes_three_layers_and_leaves_the_original_alone(viewer, qtbot):
+    original = viewer.layers["crop labels"]
+    before = _hash(original.data)
+    viewer.layers.selection.active = viewer.layers["crop image"]
+    camera = camera_of(viewer)
+    center, zoom = tuple(camera.center), camera.zoom
+
+    train = _train_widget(viewer, epochs=2, preview_every=2)
+    job, events = _run(qtbot, train)
+
+    names = [layer.name for layer in viewer.layers]
+    position = names.index("crop labels")
+    assert names[position + 1:position + 4] == ["crop labels noise", "crop labels proposals", "crop labels cleaned"]
+    noise = viewer.layers["crop labels noise"]
+    proposals = viewer.layers["crop labels proposals"]
+    cleaned = viewer.layers["crop labels cleaned"]
+    assert noise.colormap.name == "magma" and noise.blending == "additive"
+    assert tuple(noise.contrast_limits) == (0.0, 1.0)
+    assert noise.data.dtype == np.float32 and noise.data.shape == original.data.shape
+    assert 0.0 <= float(noise.data.min()) and float(noise.data.max()) <= 1.0
+    assert type(proposals).__name__ == "Labels" and type(cleaned).__name__ == "Labels"
+
+    session = train.state.session
+    assert cleaned.data is session.cleaned[0]  # painting on the layer edits the session
+    assert np.array_equal(proposals.data, session.region_maps[0])
+    assert set(proposals.features["status"]) <= {"pending"}
+    assert len(proposals.features) == len(session.regions) > 0
+    assert np.array_equal(cleaned.data, original.data)
+
+    from napari_noisyseg.engine.events import EpochEvent, PreviewEvent
+
+    assert len([e for e in events if isinstance(e, EpochEvent)]) == 2
+    assert any(isinstance(e, PreviewEvent) for e in events)  # live previews arrived
+    assert len(train.plot.epochs) == 2 and len(train.plot.iou) == 2
+    # The person's view and selection are untouched, the original too.
+    assert viewer.layers.selection.active is viewer.layers["crop image"]
+    assert tuple(camera.center) == center and camera.zoom == zoom
+    assert _hash(original.data) == before
+    assert session.original_unchanged()
+    assert train.train_button.isEnabled() and not train.stop_button.isEnabled()
+
+    # The n key toggles the noise overlay.
+    _press(viewer, qtbot, "n")
+    assert not noise.visible
+    _press(viewer, qtbot, "n")
+    assert noise.visible
+
+
+def test_stop_ends_training_within_a_second_and_training_again_works(viewer, qtbot):
+    from napari_noisyseg.engine.events import StepEvent
+
+    train = _train_widget(viewer, epochs=500, preview_every=0)
+    steps = []
+    train.state.job_started.connect(lambda job: job.event.connect(
+        lambda e: steps.append(e) if isinstance(e, StepEvent) else None))
+    qtbot.mouseClick(train.train_button, _left())
+    job = train.state.job
+    assert train.stop_button.isEnabled() and not train.train_button.isEnabled()
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=60000)
+    ended = []
+    job.finished.connect(lambda *_: ended.append(time.perf_counter()))
+    clicked = time.perf_counter()
+    qtbot.mouseClick(train.stop_button, _left())
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=10000)
+    shown = time.perf_counter() - clicked
+    worker = ended[0] - clicked
+    print(f"\nstop: worker ended {worker:.3f} s after the click (its thread: "
+          f"{job.outcome.stop_latency_s:.3f} s); result shown, widget usable after {shown:.3f} s")
+    assert worker < 1.0, f"the worker took {worker:.2f} s to stop"
+    assert shown < 2.0, f"the result took {shown:.2f} s to show after the stop"
+    assert job.outcome.stopped and job.outcome.error is None
+    assert train.state.result.stopped
+    assert "Stopped" in train.status.text()
+    assert train.train_button.isEnabled() and not train.stop_button.isEnabled()
+    assert "crop labels cleaned" in viewer.layers  # the partial result is usable
+
+    train.epochs.setValue(1)
+    second, _ = _run(qtbot, train)
+    assert not second.outcome.stopped and train.state.session.round == 2
+
+
+def test_bad_input_is_a_notification_naming_the_layer(viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer.add_labels(np.zeros((2, 50, 50), np.int32), name="wrong shape")
+    train = _train_widget(viewer)
+    train.set_pair(0, "crop image", "wrong shape")
+    qtbot.mouseClick(train.train_button, _left())
+    job = train.state.job
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=30000)
+    assert job.outcome.error is not None
+    message = notification_manager.records[-1].message
+    assert "wrong shape" in message and "shape" in message
+    assert "wrong shape" in train.status.text()
+    assert train.train_button.isEnabled() and not train.stop_button.isEnabled()
+    assert train.state.session is None
+
+
+# ----------------------------------------------------------------------------- review
+
+
+def test_review_accept_reject_undo_by_keys_and_buttons(viewer, qtbot):
+    original = viewer.layers["crop labels"]
+    before = _hash(original.data)
+    train = _trained(viewer, qtbot)
+    review = _dock(viewer, "Review")
+    session = train.state.session
+    assert review.table.rowCount() == len(session.regions) >= 3
+    likelihoods = [float(review.table.item(r, 4).text()) for r in range(review.table.rowCount())]
+    assert likelihoods == sorted(likelihoods, reverse=True)
+    cleaned = viewer.layers["crop labels cleaned"]
+    given = session.given[0]
+
+    # Next moves the view to the region: slider on its slice, camera on its centre.
+    qtbot.mouseClick(review.next_button, _left())
+    first = session.regions[review.current]
+    assert review.current == review._order[0]
+    assert viewer.dims.point[0] == pytest.approx(first.centroid[0])
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], first.centroid[-2:], atol=1e-6)
+
+    # a accepts (exactly the region's pixels change) and moves on to the next pending one.
+    _press(viewer, qtbot, "a")
+    assert first.status == "accepted"
+    mask = session.region_mask(first.id)
+    assert np.array_equal(cleaned.data[mask], session.corrected[0][mask])
+    assert np.array_equal(cleaned.data[~mask], given[~mask])
+    assert session.log[-1]["decision"] == "accept" and session.log[-1]["region"] == first.id
+    second = session.regions[review.current]
+    assert second.id != first.id and second.status == "pending"
+
+    # r rejects: nothing changes in cleaned; the button does the same as the key.
+    qtbot.mouseClick(review.reject_button, _left())
+    assert second.status == "rejected"
+    assert np.array_equal(cleaned.data[~mask], given[~mask])
+    row = review._rows[second.id]
+    assert review.table.item(row, 6).text() == "rejected"
+    assert review.table.item(row, 6).background().color().name() == "#6a2c2c"
+
+    # u undoes the rejection, then the acceptance: back to the original.
+    _press(viewer, qtbot, "u")
+    assert second.status == "pending"
+    qtbot.mouseClick(review.undo_button, _left())
+    assert first.status == "pending"
+    assert np.array_equal(cleaned.data, given)
+    assert [row["decision"] for row in session.log] == ["accept", "reject", "undo", "undo"]
+    assert _hash(original.data) == before
+
+    # Bulk accept with its preview count.
+    review.threshold.setValue(0.0)
+    n = session.count_above(0.0)
+    assert f"Accept {n} regions" in review.bulk_button.text()
+    qtbot.mouseClick(review.bulk_button, _left())
+    assert session.counts()["accepted"] == n
+    assert "Accept 0 regions" in review.bulk_button.text()
+    _press(viewer, qtbot, "u")
+    assert session.counts()["accepted"] == 0 and np.array_equal(cleaned.data, given)
+
+
+def test_painting_on_cleaned_is_respected(viewer, qtbot):
+    train = _trained(viewer, qtbot)
+    review = _dock(viewer, "Review")
+    session = train.state.session
+    cleaned = viewer.layers["crop labels cleaned"]
+    region = session.sorted_regions()[0]
+    mask = session.region_mask(region.id)
+    # Paint a stroke away from every region, as the brush does (in place on layer.data).
+    z = int(round(region.centroid[0]))
+    ys, xs = np.nonzero(session.region_maps[0][z] == 0)
+    stroke = (np.full(20, z), ys[:20], xs[:20])
+    cleaned.data_setitem(stroke, 7)
+    assert session.manual_edits(0).sum() == 20
+    review.select(region.id)
+    review.decide("accept")
+    review.decide("undo")
+    assert (cleaned.data[stroke] == 7).all()  # decisions never revert a stroke
+    assert session.trust_masks()[0][stroke].all()
+
+
+# ----------------------------------------------------------------------------- retrain and export
+
+
+def test_retrain_receives_the_trust_mask(viewer, qtbot):
+    train = _trained(viewer, qtbot)
+    review = _dock(viewer, "Review")
+    session = train.state.session
+    order = review._order
+    review.select(order[0])
+    review.decide("accept")
+    review.select(order[1])
+    review.decide("reject")
+    trust = session.trust_masks()[0]
+    cleaned = session.cleaned[0].copy()
+    assert trust.sum() == session.regions[order[0]].area + session.regions[order[1]].area
+
+    job, _ = _run(qtbot, train, button=train.retrain_button)
+    dataset = train.state.job_dataset
+    assert [s.position for s in dataset.samples] == [(0,), (1,)]  # the stack: one sample per slice
+    for z, sample in enumerate(dataset.samples):
+        assert np.array_equal(sample.trust, trust[z])
+        assert np.array_equal(sample.labels, cleaned[z])  # trained on the cleaned labels
+    assert "from scratch" in train.status.text() or "current models" in train.status.text()
+    assert session.round == 2
+    assert session.regions[order[0]].status == "accepted"
+    assert session.regions[order[1]].status == "rejected"
+    new = [r for r in session.regions.values() if r.round == 2]
+    assert not any(trust[session.region_mask(r.id)].any() for r in new)
+
+
+def test_export_writes_what_the_log_says(viewer, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from napari_noisyseg.core import io
+    from napari_noisyseg.core.checkpoint import load_checkpoint
+
+    original = viewer.layers["crop labels"]
+    before = _hash(original.data)
+    train = _trained(viewer, qtbot)
+    review = _dock(viewer, "Review")
+    export = _dock(viewer, "Export")
+    session = train.state.session
+    accepted, rejected = review._order[0], review._order[1]
+    review.select(accepted)
+    review.decide("accept")
+    review.select(rejected)
+    review.decide("reject")
+
+    export.folder.setText(str(tmp_path / "out"))
+    export.format.setCurrentIndex(export.format.findData(".tif"))
+    qtbot.mouseClick(export.export_button, _left())
+    out = tmp_path / "out"
+    cleaned, _ = io.read_labels(out / "crop_labels_cleaned.tif")
+    changed = cleaned != original.data
+    assert np.array_equal(changed, session.region_mask(accepted) & (session.corrected[0] != original.data))
+    rows = list(csv.DictReader((out / "curation_log.csv").open()))
+    assert [(int(r["region"]), r["decision"]) for r in rows] == [(accepted, "accept"), (rejected, "reject")]
+    noise, _ = io.read_array(out / "crop_labels_noise.tif")
+    np.testing.assert_array_equal(noise, session.noise[0])
+    assert load_checkpoint(out / "model.safetensors").method == "baseline"
+
+    # Replaying the exported log on the original reproduces the export.
+    from napari_noisyseg.core.curation import CurationSession
+
+    replay = CurationSession([original.data], ["crop labels"], ["stack"], min_area=session.min_area)
+    replay.set_proposals(session.noise, session.corrected, session.reliability)
+    replay.apply_decisions(out / "curation_log.csv")
+    assert np.array_equal(replay.cleaned[0], cleaned)
+
+    # No silent overwrite: a second export is refused and changes nothing.
+    stamp = (out / "curation_log.csv").read_bytes()
+    review.decide("undo")
+    qtbot.mouseClick(export.export_button, _left())
+    assert "exist" in notification_manager.records[-1].message
+    assert (out / "curation_log.csv").read_bytes() == stamp
+    export.overwrite.setChecked(True)
+    qtbot.mouseClick(export.export_button, _left())
+    assert (out / "curation_log.csv").read_bytes() != stamp
+    assert _hash(original.data) == before
+
+
+def test_save_and_load_model(viewer, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    train = _trained(viewer, qtbot)
+    corrected = train.state.session.corrected[0].copy()
+    path = train.save_model(tmp_path / "model.safetensors")
+    assert path.is_file()
+    assert train.save_model(tmp_path / "model.safetensors") is None  # no silent overwrite
+    assert "exists" in notification_manager.records[-1].message
+
+    job = train.load_model(path)
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=60000)
+    assert job.outcome.error is None
+    assert train.state.result.history.get("loaded")
+    np.testing.assert_array_equal(train.state.session.corrected[0], corrected)
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    job = train.load_model(broken)
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=30000)
+    assert "broken.safetensors" in notification_manager.records[-1].message
+    assert train.load_button.isEnabled()
+
+
+# ----------------------------------------------------------------------------- 3D and Co-Seg
+
+
+def test_volume_review_moves_the_slider_and_nifti_keeps_the_affine(make_napari_viewer, qtbot, tmp_path):
+    """The hippocampus sample: a 3D volume with 3 classes, its own spacing and NIfTI affine."""
+    import torch
+
+    from napari_noisyseg.core import io
+
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "hippocampus_3d")
+    original = viewer.layers["hippocampus labels"]
+    before = _hash(original.data)
+    train = _dock(viewer, "Train")
+    train.set_pair(0, "hippocampus image", "hippocampus labels")
+    train.method.setCurrentIndex(train.method.findData("baseline"))
+    for spin, value in ((train.epochs, 1), (train.patch_size, 32), (train.batch_size, 8),
+                        (train.width, 8), (train.depth, 3), (train.preview_every, 0)):
+        spin.setValue(value)
+    _run(qtbot, train)
+    session = train.state.session
+    assert session.modes == ["volume"]
+    review = _dock(viewer, "Review")
+    assert review._order, "no proposals on the volume"
+    region = session.regions[review._order[-1]]
+    review.select(region.id)
+    z, y, x = session.focus_point(region.id)
+    assert viewer.dims.point[0] == pytest.approx(original.data_to_world((z, y, x))[0])
+    assert session.region_mask(region.id)[int(z)].any()  # the slider shows the region
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], original.data_to_world((z, y, x))[1:], atol=1e-6)
+    review.decide("accept")
+
+    export = _dock(viewer, "Export")
+    export.export(folder=tmp_path, labels_format=".nii.gz", include=("cleaned", "noise"))
+    labels, meta = io.read_labels(tmp_path / "hippocampus_labels_cleaned.nii.gz")
+    np.testing.assert_allclose(meta.affine, original.metadata["affine"])
+    assert np.array_equal(labels, session.cleaned[0])
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    noise, meta = io.read_array(tmp_path / "hippocampus_labels_noise.nii.gz")
+    np.testing.assert_allclose(meta.affine, original.metadata["affine"])
+    assert _hash(original.data) == before
+
+
+def test_coseg_retrain_starts_from_the_current_models(viewer, qtbot):
+    from napari_noisyseg.methods import REGISTRY
+
+    if "coseg" not in REGISTRY or not callable(getattr(__import__(REGISTRY["coseg"], fromlist=["x"]), "refit", None)):
+        pytest.skip("Co-Seg with refit is not registered")
+    train = _train_widget(viewer, epochs=2, preview_every=0)
+    train.method.setCurrentIndex(train.method.findData("coseg"))
+    _run(qtbot, train)
+    review = _dock(viewer, "Review")
+    if review._order:  # a short Co-Seg run may propose nothing above its confidence threshold
+        review.select(review._order[0])
+        review.decide("reject")
+    cleaned = viewer.layers["crop labels cleaned"]
+    cleaned.data_setitem((np.array([0, 0]), np.array([0, 0]), np.array([0, 1])), 1)  # a hand edit
+    trust = train.state.session.trust_masks()[0]
+    assert trust.any()
+    _run(qtbot, train, button=train.retrain_button)
+    assert "from the current models" in train.status.text()
+    for z, sample in enumerate(train.state.job_dataset.samples):
+        assert np.array_equal(sample.trust, trust[z])
+    assert train.state.result.method == "coseg"
+
+
+def test_closing_the_labels_layer_mid_training_loses_nothing(viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    from napari_noisyseg.engine.events import StepEvent
+
+    original = np.array(viewer.layers["crop labels"].data)
+    train = _train_widget(viewer, epochs=2, preview_every=0)
+    steps = []
+    train.state.job_started.connect(lambda job: job.event.connect(
+        lambda e: steps.append(e) if isinstance(e, StepEvent) else None))
+    qtbot.mouseClick(train.train_button, _left())
+    qtbot.waitUntil(lambda: len(steps) >= 1, timeout=60000)
+    viewer.layers.remove("crop labels")
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=120000)
+    assert train.state.job.outcome.error is None
+    assert any("closed during training" in r.message for r in notification_manager.records)
+    assert np.array_equal(train.state.session.given[0], original)
+    assert "crop labels cleaned" in viewer.layers and "crop labels proposals" in viewer.layers
