@@ -250,7 +250,8 @@ def final_predictions(result, dataset) -> list:
     path = numeric_path(device, result.config.precision)
     model = model.to(device)
     probabilities = predict_many(model, [s.image for s in dataset.samples], path,
-                                 tile=max(512, result.config.patch_size), multiple=2 ** model.depth)
+                                 tile=max(512, result.config.patch_size), multiple=2 ** model.depth,
+                                 min_size=result.history.get("patch_size", result.config.patch_size))
     return dataset.reassemble([p.argmax(0).astype(np.int64) for p in probabilities])
 
 

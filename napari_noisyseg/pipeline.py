@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .core import io
-from .core.checkpoint import load_checkpoint, save_result
+from .core.checkpoint import load_checkpoint, save_result, training_patch_size
 from .core.dataset import build_dataset
 from .core.proposals import find_regions, regions_to_csv
 from .engine.device import numeric_path, resolve_device
@@ -249,7 +249,8 @@ def predict_images(model_path, loaded: LoadedPairs, device="auto", precision="au
     path = numeric_path(torch_device, precision)
     model = checkpoint.model.to(torch_device, memory_format=path.memory_format(4))
     multiple = 2 ** model.depth
-    probabilities = predict_many(model, [s.image for s in dataset.samples], path, multiple=multiple)
+    probabilities = predict_many(model, [s.image for s in dataset.samples], path, multiple=multiple,
+                                 min_size=training_patch_size(checkpoint))
     return dataset.reassemble([p.argmax(0).astype(np.int32) for p in probabilities])
 
 

@@ -76,18 +76,7 @@ NO_DISPLAY_REASON = (
 
 # Quality checks of methods still being tuned (issues 5 and 6 stay open until they
 # pass). They run and report; a pass is shown as XPASS. Remove an entry once fixed.
-KNOWN_FAILING = {
-    "tests/test_adele.py::test_noise_ranks_wrong_pixels_higher":
-        "ADELE noise map does not yet rank wrong pixels above the prior (issue 5)",
-    "tests/test_cleansing.py::test_gmm_separates_a_bimodal_loss_distribution":
-        "Self-Cleansing GMM fit under revision (issue 6)",
-    "tests/test_cleansing.py::test_real_run_finds_the_missing_nuclei":
-        "Self-Cleansing quality on real crops not reached yet (issue 6)",
-    "tests/test_distill.py::test_pixel_noise_formula":
-        "Distill noise estimate under revision (issue 6)",
-    "tests/test_distill.py::test_real_run_ranks_the_corrupted_crop_and_flags_its_nuclei":
-        "Distill image-level ranking not reached yet (issue 6)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(config, items):

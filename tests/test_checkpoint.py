@@ -21,6 +21,7 @@ from napari_noisyseg.core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     save_result,
+    training_patch_size,
 )
 from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.engine.unet import UNet
@@ -85,7 +86,9 @@ def test_save_result_keeps_the_training_config(tmp_path):
     path = save_result(tmp_path / "model.safetensors", result, extra={"mode": "auto"})
     loaded = load_checkpoint(path)
     assert loaded.config == config.to_dict() and loaded.method == "baseline"
-    assert loaded.final_model == "model" and loaded.extra == {"mode": "auto"}
+    # The patch side training used is recorded: prediction pads small samples to it.
+    assert loaded.final_model == "model" and loaded.extra == {"mode": "auto", "patch_size": 32}
+    assert training_patch_size(loaded) == 32
     x = torch.from_numpy(dataset.samples[0].image[None])
     model = result.models["model"].float().eval()
     with torch.no_grad():

@@ -146,6 +146,28 @@ def test_trusted_pixels_never_change(trained):
     assert changed > 0  # it does propose changes elsewhere
 
 
+def test_corrections_and_noise_find_the_wrong_labels(crops, trained):
+    from napari_noisyseg.core.metrics import mean_foreground_dice, noise_detection_scores
+
+    result = trained["result"]
+    corrupted = np.flatnonzero(crops["corrupted"])
+    before = np.mean([mean_foreground_dice(crops["noisy"][i], crops["clean"][i], 2) for i in corrupted])
+    after = np.mean([mean_foreground_dice(result.corrected[i], crops["clean"][i], 2) for i in corrupted])
+    assert after > before + 0.2
+    truth = np.concatenate([(n != c).ravel() for n, c in zip(crops["noisy"], crops["clean"])])
+    trusted = np.concatenate([s.trust.ravel() for s in trained["dataset"].samples])  # wrong but trusted: noise 0
+    scores = noise_detection_scores(np.concatenate([n.ravel() for n in result.noise]), truth, ignore=trusted)
+    assert scores["auroc"] > 0.95 and scores["ap"] > 0.8
+
+
+def test_minutes_budget_returns_a_result(crops):
+    dataset = _dataset(crops).subset([0, 4])
+    config = TrainConfig(method="coseg", epochs=None, minutes=0.03, **TINY)
+    result = coseg.fit(dataset, config)
+    assert len(result.history["epoch"]) >= 1 and result.history["stage"][0] == 1
+    assert all(n.shape == s.shape for n, s in zip(result.noise, dataset.samples))
+
+
 def test_correction_rule_leaves_frozen_pixels():
     prob_f = np.zeros((2, 4, 4), np.float32)
     prob_f[1] = 0.95

@@ -221,6 +221,20 @@ def test_predict_many_groups_shapes_and_keeps_order():
     np.testing.assert_allclose(mean[0], (together[0] + single_other[0]) / 2, atol=1e-5)
 
 
+def test_small_samples_are_centred_in_zeros_like_training_patches():
+    """A sample smaller than the training patch is predicted in the context training
+    gave it: centred in zeros up to the patch side (not edge-padded at one corner)."""
+    torch.manual_seed(4)
+    model = UNet(in_channels=1, n_classes=2, width=4, depth=2).eval()
+    image = np.random.default_rng(1).random((1, 30, 42)).astype(np.float32) + 1.0
+    (result,) = predict_many(model, [image], FP32, tile=512, multiple=4, min_size=64)
+    canvas = np.zeros((1, 1, 64, 64), np.float32)
+    canvas[0, :, 17:47, 11:53] = image
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(canvas)), dim=1)[0, :, 17:47, 11:53].numpy()
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
 def test_prediction_keeps_the_training_mode():
     """Predicting mid-training (previews) must not switch the network to eval mode."""
     torch.manual_seed(3)

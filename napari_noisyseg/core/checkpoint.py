@@ -177,8 +177,20 @@ def load_checkpoint(path) -> Checkpoint:
 
 
 def save_result(path, result, overwrite: bool = False, extra: dict | None = None) -> Path:
-    """Save the models of a :class:`~napari_noisyseg.methods.base.CurationResult`."""
+    """Save the models of a :class:`~napari_noisyseg.methods.base.CurationResult`.
+
+    ``extra["patch_size"]`` records the patch side training actually used (prediction
+    pads small samples to it, as training did).
+    """
+    extra = dict(extra or {})
+    extra.setdefault("patch_size", result.history.get("patch_size", result.config.patch_size))
     return save_checkpoint(
         path, result.models, result.method, result.config.to_dict(), result.n_classes,
         result.in_channels, result.final_model, extra=extra, overwrite=overwrite,
     )
+
+
+def training_patch_size(checkpoint) -> int:
+    """The patch side a loaded checkpoint was trained on (0 when unknown)."""
+    value = checkpoint.extra.get("patch_size", checkpoint.config.get("patch_size", 0))
+    return int(value or 0)

@@ -50,6 +50,17 @@ decision (``accept``/``reject``/``undo``), region, source, sample, kind, area,
 likelihood, the region's status before and after, the number of cleaned pixels
 the row changed, and ``step`` (rows of one bulk decision, or of its undo,
 share a step). :meth:`~CurationSession.apply_decisions` replays such a file.
+
+Agreement between methods
+-------------------------
+After a method comparison (``noisyseg compare``, the Compare methods widget)
+the session reviews the proposals of the first compared method, and every
+region also carries its **agreement**: the mean, over its pixels, of the
+fraction of compared methods that flag the pixel as noisy, plus the methods
+that flag the region as a whole (``flagged_by``; see
+:mod:`napari_noisyseg.core.agreement`). :meth:`~CurationSession.sorted_regions`
+then sorts by ``agreement`` too. A later round without a comparison (a plain
+retrain) clears it: its regions have no agreement (``None``).
 """
 
 from __future__ import annotations
@@ -67,11 +78,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .agreement import MethodAgreement
 from .proposals import Region, find_regions
 
 STATUSES = ("pending", "accepted", "rejected")
 DECISIONS = ("accept", "reject", "undo")
-SORT_KEYS = ("likelihood", "reliability")
+SORT_KEYS = ("likelihood", "reliability", "agreement")
 DEFAULT_MIN_AREA = 4
 
 LOG_COLUMNS = (
@@ -80,7 +92,7 @@ LOG_COLUMNS = (
 )
 REGION_COLUMNS = (
     "id", "source", "sample", "kind", "area", "likelihood", "reliability", "from_class",
-    "to_class", "centroid", "bbox", "status", "round",
+    "to_class", "centroid", "bbox", "status", "round", "agreement", "flagged_by",
 )
 LABEL_FORMATS = (".tif", ".png", ".nii.gz", ".npy")
 
@@ -102,12 +114,20 @@ class ReviewRegion(Region):
         That sample's reliability in [0, 1] (low = review first).
     round : int
         Which result proposed it (1 = first training, 2 = first retrain, ...).
+    agreement : float or None
+        After a method comparison: mean fraction of the compared methods that
+        flag its pixels (0..1); None when no comparison was run.
+    flagged_by : tuple of str
+        After a method comparison: the methods whose mean noise over the region
+        reaches the agreement threshold.
     """
 
     source_index: int = 0
     sample: str = ""
     reliability: float = 1.0
     round: int = 1
+    agreement: float | None = None
+    flagged_by: tuple = ()
 
     @property
     def likelihood(self) -> float:
@@ -121,6 +141,8 @@ class ReviewRegion(Region):
             "reliability": round(float(self.reliability), 4), "from_class": self.from_class,
             "to_class": self.to_class, "centroid": " ".join(f"{v:.1f}" for v in self.centroid),
             "bbox": " ".join(str(v) for v in self.bbox), "status": self.status, "round": self.round,
+            "agreement": None if self.agreement is None else round(float(self.agreement), 4),
+            "flagged_by": " ".join(self.flagged_by),
         }
 
 
@@ -146,6 +168,7 @@ class Proposals:
     reliability: list = field(default_factory=list)
     regions: list = field(default_factory=list)
     pixels: dict = field(default_factory=dict)
+    agreement: MethodAgreement | None = None
 
 
 @dataclass
@@ -253,13 +276,14 @@ class CurationSession:
         self._next_id = 1
         self.round = 0
         self.method = ""
+        self.agreement: MethodAgreement | None = None
         self.min_area = int(min_area)
         self.user = user or _user()
 
     # ----- construction -------------------------------------------------------
     @classmethod
     def from_result(cls, dataset, result, given=None, names=None, min_area: int = DEFAULT_MIN_AREA,
-                    user: str | None = None) -> "CurationSession":
+                    user: str | None = None, agreement: MethodAgreement | None = None) -> "CurationSession":
         """A session from a :class:`~napari_noisyseg.core.dataset.NoisyDataset` and its
         :class:`~napari_noisyseg.methods.base.CurationResult`.
 
@@ -268,6 +292,8 @@ class CurationSession:
         given : list of ndarray, optional
             The original labels per source (e.g. the layers' data); default the
             dataset's labels reassembled.
+        agreement : MethodAgreement, optional
+            From a method comparison whose first method gave ``result``.
         """
         if given is None:
             given = dataset.reassemble([s.labels for s in dataset.samples])
@@ -276,23 +302,25 @@ class CurationSession:
             given, names or [src.name for src in dataset.sources], [src.mode for src in dataset.sources],
             sample_names, min_area=min_area, user=user,
         )
-        session.add_result(dataset, result)
+        session.add_result(dataset, result, agreement=agreement)
         return session
 
-    def add_result(self, dataset, result) -> list[ReviewRegion]:
+    def add_result(self, dataset, result, agreement: MethodAgreement | None = None) -> list[ReviewRegion]:
         """Take a (new) result's noise and proposals: see :meth:`set_proposals`."""
-        return self.apply_proposals(self.prepare_result(dataset, result))
+        return self.apply_proposals(self.prepare_result(dataset, result, agreement=agreement))
 
-    def prepare_result(self, dataset, result, cleaned=None, protected=None) -> "Proposals":
+    def prepare_result(self, dataset, result, cleaned=None, protected=None,
+                       agreement: MethodAgreement | None = None) -> "Proposals":
         """:meth:`prepare_proposals` from a dataset and its result (per-sample arrays reassembled)."""
         if len(dataset.sources) != len(self.given):
             raise ValueError(f"the result has {len(dataset.sources)} sources, this session {len(self.given)}")
         noise = dataset.reassemble(result.noise)
         corrected = dataset.reassemble(result.corrected)
         reliability = [np.asarray(result.sample_reliability)[src.sample_indices] for src in dataset.sources]
-        return self.prepare_proposals(noise, corrected, reliability, result.method, cleaned, protected)
+        return self.prepare_proposals(noise, corrected, reliability, result.method, cleaned, protected, agreement)
 
-    def set_proposals(self, noise, corrected, reliability=None, method: str = "") -> list[ReviewRegion]:
+    def set_proposals(self, noise, corrected, reliability=None, method: str = "",
+                      agreement: MethodAgreement | None = None) -> list[ReviewRegion]:
         """Start a new round of proposals.
 
         Pending regions of the previous round are dropped; decided regions and
@@ -306,16 +334,20 @@ class CurationSession:
         corrected : list of ndarray, int (per source shape)
         reliability : list of ndarray (per source, one value per sample), optional
         method : str
+        agreement : MethodAgreement, optional
+            A method comparison (``noise`` being its first method's): every
+            region gets its ``agreement`` and ``flagged_by``.
 
         Returns
         -------
         list of ReviewRegion
             The new regions.
         """
-        return self.apply_proposals(self.prepare_proposals(noise, corrected, reliability, method))
+        return self.apply_proposals(self.prepare_proposals(noise, corrected, reliability, method,
+                                                           agreement=agreement))
 
     def prepare_proposals(self, noise, corrected, reliability=None, method: str = "", cleaned=None,
-                          protected=None) -> "Proposals":
+                          protected=None, agreement: MethodAgreement | None = None) -> "Proposals":
         """The expensive half of :meth:`set_proposals`; changes nothing in the session.
 
         With ``cleaned`` and ``protected`` snapshots (taken when the training
@@ -329,13 +361,18 @@ class CurationSession:
             The cleaned labels to propose against (default: the current ones).
         protected : list of ndarray of bool, optional
             Pixels never proposed (default: :meth:`trust_masks`).
+        agreement : MethodAgreement, optional
+            See :meth:`set_proposals`.
         """
         n = len(self.given)
         if len(noise) != n or len(corrected) != n:
             raise ValueError(f"expected {n} noise and corrected arrays")
+        if agreement is not None and len(agreement.maps) != n:
+            raise ValueError(f"the method comparison has {len(agreement.maps)} sources, this session {n}")
         cleaned = self.cleaned if cleaned is None else cleaned
         protected = self.trust_masks() if protected is None else protected
-        proposals = Proposals(method=method, first_id=self._next_id, next_id=self._next_id, round=self.round + 1)
+        proposals = Proposals(method=method, first_id=self._next_id, next_id=self._next_id, round=self.round + 1,
+                              agreement=agreement)
         for s in range(n):
             shape = self.given[s].shape
             source_noise = np.clip(np.nan_to_num(np.asarray(noise[s], np.float32)), 0.0, 1.0)
@@ -355,6 +392,8 @@ class CurationSession:
             base = np.array(cleaned[s], copy=True)
             effective = np.where(protected[s], base, source_corrected).astype(base.dtype, copy=False)
             region_map, regions = self._find(s, base, effective, source_noise, values, proposals)
+            if agreement is not None and regions:
+                self._annotate(regions, agreement.annotate(s, region_map))
             indices = ndimage.value_indices(region_map, ignore_value=0) if regions else {}
             for region in regions:
                 flat = np.ravel_multi_index(indices[region.id], shape).astype(np.int64)
@@ -374,6 +413,7 @@ class CurationSession:
             raise ValueError("these proposals were prepared for an earlier state of the session")
         self.round = proposals.round
         self.method = proposals.method or self.method
+        self.agreement = proposals.agreement
         for rid in [r.id for r in self.regions.values() if r.status == "pending"]:
             self._drop(rid)
         for s in range(len(self.given)):
@@ -429,6 +469,41 @@ class CurationSession:
             reliability=float(reliability[position]), round=round_,
         )
 
+    @staticmethod
+    def _annotate(regions, values: dict) -> None:
+        for region in regions:
+            region.agreement, region.flagged_by = values.get(region.id, (None, ()))
+
+    def set_agreement(self, agreement: MethodAgreement | None) -> None:
+        """Attach a method comparison to the current round (or drop it with None).
+
+        Every region (pending or decided) gets its ``agreement`` and
+        ``flagged_by`` from the comparison's maps over its pixels.
+
+        Raises
+        ------
+        ValueError
+            The comparison's sources or shapes do not match the session's.
+        """
+        if agreement is None:
+            self.agreement = None
+            for region in self.regions.values():
+                region.agreement, region.flagged_by = None, ()
+            return
+        if len(agreement.maps) != len(self.given):
+            raise ValueError(f"the method comparison has {len(agreement.maps)} sources, this session "
+                             f"{len(self.given)}")
+        values = {}
+        for s in range(len(self.given)):
+            values.update(agreement.annotate(s, self.region_maps[s]))
+        self._annotate(self.regions.values(), values)
+        self.agreement = agreement
+
+    @property
+    def has_agreement(self) -> bool:
+        """Whether the current round comes with a method comparison (sorting by agreement works)."""
+        return self.agreement is not None
+
     def _drop(self, rid: int) -> None:
         region = self.regions.pop(rid)
         pixels = self._pixels.pop(rid)
@@ -462,20 +537,34 @@ class CurationSession:
 
         Parameters
         ----------
-        by : {"likelihood", "reliability"}
+        by : {"likelihood", "reliability", "agreement"}
             ``likelihood``: most likely wrong first. ``reliability``: least
             reliable sample first ("which image first"), then by likelihood.
+            ``agreement``: the region most compared methods flag first, then by
+            likelihood (regions without agreement last); only after a method
+            comparison (:attr:`has_agreement`).
         status : str or iterable of str, optional
             Keep only these statuses.
+
+        Raises
+        ------
+        ValueError
+            Unknown key, or ``agreement`` without a method comparison.
         """
         if by not in SORT_KEYS:
             raise ValueError(f"sort by one of {SORT_KEYS}, not {by!r}")
+        if by == "agreement" and not self.has_agreement:
+            raise ValueError("no agreement to sort by: compare several methods first (noisyseg compare, "
+                             "or the Compare methods widget)")
         regions = list(self.regions.values())
         if status is not None:
             keep = {status} if isinstance(status, str) else set(status)
             regions = [r for r in regions if r.status in keep]
         if by == "likelihood":
             return sorted(regions, key=lambda r: (-r.mean_noise, -r.area, r.id))
+        if by == "agreement":
+            return sorted(regions, key=lambda r: (r.agreement is None, -(r.agreement or 0.0), -r.mean_noise,
+                                                  -r.area, r.id))
         return sorted(regions, key=lambda r: (r.reliability, r.sample, -r.mean_noise, r.id))
 
     def counts(self) -> dict:
@@ -934,6 +1023,7 @@ def predict_result(checkpoint, dataset, device: str = "auto", precision: str = "
     from ..engine.device import numeric_path, resolve_device
     from ..engine.events import StateEvent, as_progress
     from ..engine.infer import predict_many
+    from .checkpoint import training_patch_size
     from ..methods.base import (
         CurationResult, TrainConfig, enforce_trust, noise_from_probabilities, reliability_from_noise,
     )
@@ -954,7 +1044,8 @@ def predict_result(checkpoint, dataset, device: str = "auto", precision: str = "
     if progress.stop_requested:
         return None
     model = checkpoint.model.to(torch_device, memory_format=path.memory_format(4))
-    probabilities = predict_many(model, [s.image for s in dataset.samples], path, multiple=2**model.depth)
+    probabilities = predict_many(model, [s.image for s in dataset.samples], path, multiple=2**model.depth,
+                                 min_size=training_patch_size(checkpoint))
     noise = [noise_from_probabilities(p, s.labels) for p, s in zip(probabilities, dataset.samples)]
     corrected = [p.argmax(0).astype(np.int64) for p in probabilities]
     noise, corrected = enforce_trust(dataset, noise, corrected)

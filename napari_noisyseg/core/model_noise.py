@@ -207,7 +207,7 @@ def _predict_sources(model, dataset, sources: list[int], resolved: dict) -> dict
     indices = [i for s in sources for i in dataset.sources[s].sample_indices]
     probabilities = predict_many(
         model, [dataset.samples[i].image for i in indices], path,
-        tile=max(512, resolved["patch_size"]), multiple=2 ** resolved["depth"],
+        tile=max(512, resolved["patch_size"]), multiple=2 ** resolved["depth"], min_size=resolved["patch_size"],
     )
     by_sample = {i: p.argmax(0).astype(np.int64) for i, p in zip(indices, probabilities)}
     out = {}

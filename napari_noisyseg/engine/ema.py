@@ -15,11 +15,20 @@ class EMATeacher:
     """A teacher network whose weights follow the student's by EMA.
 
     ``teacher = d · teacher + (1 − d) · student`` after every optimiser step, with
-    ``d = min(decay, 1 − 1 / (updates + 1))`` when ``ramp`` is on (the mean-teacher
-    warm-up of Tarvainen & Valpola, 2017: early on the teacher is a plain running
-    average instead of lagging far behind a student that still changes fast).
-    Floating-point buffers (batch-norm running statistics) are averaged the same
-    way, integer buffers copied, so the teacher can run in eval mode.
+    ``d = min(decay, (1 + t) / (10 + t))`` after ``t`` updates when ``ramp`` is on
+    (the ramp of TensorFlow's ``ExponentialMovingAverage(num_updates=...)``: d is
+    0.1 at the first step, 0.9 after 80, 0.99 after 890). Floating-point buffers
+    (batch-norm running statistics) are averaged the same way, integer buffers
+    copied, so the teacher can run in eval mode.
+
+    Why not the mean-teacher ramp ``1 − 1 / (t + 1)`` (Tarvainen & Valpola 2017): it
+    makes the teacher the *uniform* average of every iterate until step
+    1 / (1 − decay), the random initialisation included. With the few steps per
+    epoch of a small dataset (9 on 12 BBBC039 images) that teacher was measured
+    near-uniform at the end of a 6-epoch warm-up (normalised entropy 0.95 against
+    the student's 0.72, pixel accuracy 0.92 against 0.99), which made every
+    teacher-based noise estimate useless. The ramp above keeps the teacher a
+    short average of recent iterates early on and reaches the full decay later.
 
     Parameters
     ----------
@@ -52,7 +61,7 @@ class EMATeacher:
         """The decay the next :meth:`update` uses."""
         if not self.ramp:
             return self.decay
-        return min(self.decay, 1.0 - 1.0 / (self.updates + 2))
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     @torch.no_grad()
     def update(self, student: torch.nn.Module) -> None:

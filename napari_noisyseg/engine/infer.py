@@ -73,7 +73,8 @@ def predict_probabilities(
     tile_h = round_up(min(tile, height), multiple)
     tile_w = round_up(min(tile, width), multiple)
     padded_h, padded_w = max(height, tile_h), max(width, tile_w)
-    padded = np.pad(image, ((0, 0), (0, padded_h - height), (0, padded_w - width)), mode="edge")
+    # Zeros, as the training patches are padded (see core.patches.crop).
+    padded = np.pad(image, ((0, 0), (0, padded_h - height), (0, padded_w - width)))
     starts = [(y, x) for y in _tile_starts(padded_h, tile_h, overlap) for x in _tile_starts(padded_w, tile_w, overlap)]
     weight = torch.from_numpy(_window(max(tile_h, tile_w))[:tile_h, :tile_w]).to(path.device)
     total = None
@@ -102,12 +103,20 @@ def predict_many(
     batch_size: int = 16,
     flip_tta: bool = False,
     mc_dropout: int = 0,
+    min_size: int = 0,
 ) -> list:
     """Probabilities (K, H, W) float32 of many samples (C, H, W).
 
     Samples that fit in one tile are grouped by shape and run in batches (the
     slices of a 3D volume are thousands of small samples); larger ones go
     through :func:`predict_probabilities` one by one.
+
+    A small sample is centred in zeros up to ``min_size`` (pass the training patch
+    size) and a multiple of ``multiple``: that is how training showed it to the
+    network (:class:`~napari_noisyseg.core.patches.PatchSampler` pads with zeros
+    around samples smaller than a patch). Padding with edge values at the
+    bottom-right instead was measured to collapse test Dice on hippocampus slices
+    (36×50 pixels in 64-pixel patches: 0.31 against 0.74 for the same network).
     """
     if isinstance(models, torch.nn.Module):
         models = [models]
@@ -122,14 +131,16 @@ def predict_many(
             )
     for shape, indices in groups.items():
         _, height, width = shape
-        padded_h, padded_w = round_up(height, multiple), round_up(width, multiple)
+        padded_h = round_up(max(height, min(min_size, tile)), multiple)
+        padded_w = round_up(max(width, min(min_size, tile)), multiple)
+        top, left = (padded_h - height) // 2, (padded_w - width) // 2
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             stack = np.stack([images[i] for i in chunk])
-            stack = np.pad(stack, ((0, 0), (0, 0), (0, padded_h - height), (0, padded_w - width)), mode="edge")
+            stack = np.pad(stack, ((0, 0), (0, 0), (top, padded_h - height - top), (left, padded_w - width - left)))
             batch = torch.from_numpy(stack).to(path.device).contiguous(memory_format=path.memory_format(4))
             probabilities = _ensemble_softmax(models, batch, path, flip_tta, mc_dropout)
-            probabilities = probabilities[:, :, :height, :width].float().cpu().numpy()
+            probabilities = probabilities[:, :, top : top + height, left : left + width].float().cpu().numpy()
             for i, index in enumerate(chunk):
                 results[index] = probabilities[i]
     return results

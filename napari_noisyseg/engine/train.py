@@ -246,6 +246,7 @@ class TrainingRun:
         indices = range(len(self.dataset)) if samples is None else samples
         images = [self.dataset.samples[i].image for i in indices]
         tile = max(512, self.patch_size)
+        kwargs.setdefault("min_size", self.patch_size)
         return predict_many(models, images, self.path, tile=tile, multiple=self.multiple, **kwargs)
 
     def finish_history(self) -> dict:

@@ -54,6 +54,12 @@ correction stable. The procedure follows the authors' code
    at 0.2–0.35 after epoch 3 and keeps rising slowly to 0.5) the fit fired at
    epochs 4 and 6, the immature network's corrections fed on themselves and both
    classes collapsed to background (corrected and test Dice 0).
+   **Known limitation**: the rule assumes that the network is better than the
+   labels once early learning ends. Where it never gets there within the budget
+   (hippocampus slice-wise, 100 epochs: baseline test Dice 0.69 against 0.86 for
+   the noisy labels themselves) the guard only delays the damage: confident
+   background predictions still erode the classes (corrected Dice 0.27/0.16
+   against 0.85/0.88 given). Review the ``corrections`` history before accepting.
 3. **Correction.** At the epoch a class first starts memorising, and then every
    ``correct_every`` epochs (10 in the authors' 100-epoch runs; **ours**: scaled to
    the run as ``max(1, round(correct_every · planned / reference_epochs))`` when

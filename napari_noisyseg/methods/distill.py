@@ -14,41 +14,57 @@ Algorithm
 2. **Pixel-wise noise estimation.** The teacher, with dropout on, predicts every
    training image ``mc_samples`` = T times; p̄ is the mean and
    u = H(p̄) / log K its normalised entropy. Noise n = u + (1 − u)·(1 − p̄(given)).
-3. **Pixel-wise robust learning.** Per pixel (1 − n)·CE(p, given) + n·CE(p, pseudo),
-   pseudo = argmax p̄, n detached. This equals the soft CE against the target
-   t = (1 − n)·onehot(given) + n·onehot(pseudo); a soft Dice against the same t
+3. **Pixel-wise robust learning.** Per pixel (1 − λ)·CE(p, given) + λ·CE(p, pseudo),
+   pseudo = argmax p̄, λ detached. This equals the soft CE against the target
+   t = (1 − λ)·onehot(given) + λ·onehot(pseudo); a soft Dice against the same t
    is added with weight ``dice_weight`` so the objective matches the baseline's
-   CE + Dice when n = 0 **(ours)**.
-4. **Image-level robust learning.** Each image's score is the mean n over its
-   *region*: given foreground ∪ pseudo foreground ∪ a band of ``band`` pixels
-   around the given label edges **(ours: the pseudo foreground is included so an
-   image whose objects were never annotated still scores high)**. The
+   CE + Dice when λ = 0 **(ours)**. **(ours)** λ = n·(1 − u), not n as in METHODS.md:
+   t differs from the given label only where pseudo ≠ given, and there n ≥ 0.5
+   always (≈ 1 wherever the teacher is unsure), so λ = n turns the method into
+   hard self-training on the teacher's argmax, coin flips included. Measured on
+   BBBC039 (12 images, 30 % missing nuclei, 30 epochs; with the first EMA ramp, see
+   :class:`~napari_noisyseg.engine.ema.EMATeacher`, whose teacher was nearly
+   uniform after the warm-up, so mean n was 0.99) it drifted and collapsed: the
+   IoU against the given labels fell from 0.62 to 0.08, test Dice 0.35 against
+   the baseline's 0.88. With λ = n·(1 − u) the pseudo label takes over only as far
+   as the teacher is certain (p̄(given) = 0.45 → λ ≈ 0.01; 0.1 → 0.50; 0.01 → 0.91).
+4. **Image-level robust learning.** Each image's score is the mean λ = n·(1 − u)
+   over its *region*: given foreground ∪ pseudo foreground ∪ a band of ``band``
+   pixels around the given label edges **(ours: the pseudo foreground is included
+   so an image whose objects were never annotated still scores high; λ rather than
+   n because the mean n ranks images by how unsure the teacher is of them — on 6
+   crops, one with every nucleus unannotated, mean n was 0.95 for it but 0.91 for
+   a clean crop the teacher found hard, mean λ 0.36 against ≤ 0.21)**. The
    ``image_fraction`` = ε images with the highest scores (round(ε·N), at least 1
-   when ε > 0) train on the pseudo label only (n = 1) until the next refresh.
-5. **Trust.** Trusted pixels have n = 0 during training (always the given label,
+   when ε > 0) train on the pseudo label only (λ = 1) until the next refresh.
+5. **Trust.** Trusted pixels have λ = 0 during training (always the given label,
    also inside selected images), and zero noise in the output.
 
-Outputs: ``noise`` = n and ``corrected`` = argmax p̄ where n > ``correct_threshold``
-(given label elsewhere), both from the final teacher's T dropout samples;
+Outputs: ``noise`` = n (the METHODS.md formula, uncertainty included) and
+``corrected`` = argmax p̄ where n > ``correct_threshold`` (given label elsewhere),
+both from the final teacher's T dropout samples;
 ``probabilities`` = p̄; ``sample_reliability`` = 1 − image score (the score is a
-mean of n ∈ [0, 1], so it needs no rescaling and stays comparable across runs).
+mean of λ ∈ [0, 1], so it needs no rescaling and stays comparable across runs).
 The teacher is the final model (``models = {"teacher", "student"}``).
 
-Cost, measured on the project's 2-core CPU (bf16, width 16, depth 4, BBBC039
-520×696, batch 8 × 256²): one training step ≈ 0.7–1.6 s (9 steps per epoch over 12
-images); T = 8 teacher passes on a training batch ≈ 0.7–2.1 s, i.e. +90–130 % per
-step if done per batch; one teacher pass over the 12 whole images (one tile each)
-≈ 1.0–2.6 s, so T = 8 ≈ 8–20 s, ≈ one epoch. The teacher maps are therefore
-computed per epoch on whole images and cached (cropped into batches through
-``extras``), refreshed every ``refresh_every`` epochs (default 2: ≈ +50 % over
-plain training after warm-up, against ≈ +100 % for per-batch sampling, and the
-estimate sees whole images rather than padded, augmented patches). A refresh stops
-between two dropout samples when a stop is requested.
+Cost, measured on the project's 2-core CPU, lightly loaded (bf16, width 16, depth
+4, 12 BBBC039 images of 520×696, batch 8 × 256², 9 steps per epoch): a training
+step 0.48 s (4.4 s per epoch); T = 8 teacher passes on a training batch 0.73 s
+(+150 % per step, +6.6 s per epoch if sampled per batch); T = 8 passes over the 12
+whole images, one tile each, 10.7 s (maps and image scores 0.2 s more); an EMA
+update 1 ms. The teacher maps are computed on whole images and cached (cropped
+into batches through ``extras``), refreshed every ``refresh_every`` epochs
+(default 2: +5.4 s per epoch after the warm-up, a little cheaper than per-batch
+sampling, and the estimate sees whole images rather than padded, augmented
+patches; the teacher moves slowly anyway). ``run.predict``'s overlapping
+512-pixel tiles would cost 3.6 s per pass here instead of 1.2 s, hence the
+single-tile :func:`predict_samples`. A refresh stops between two dropout samples
+when a stop is requested.
 
 Parameters (``TrainConfig.params``)
 -----------------------------------
 ema_decay : float, 0.99
-    Teacher EMA decay (with the mean-teacher ramp-up, see :class:`EMATeacher`).
+    Teacher EMA decay (reached after a ramp, see :class:`EMATeacher`).
 mc_samples : int, 8
     Dropout samples T of the teacher.
 dropout : float, 0.1
@@ -217,7 +233,7 @@ def predict_samples(run, models, **kwargs) -> list:
     """Probabilities (K, H, W) float32 of every sample (see :func:`predict_many`)."""
     images = [sample.image for sample in run.dataset.samples]
     return predict_many(models, images, run.path, tile=prediction_tile(run), multiple=run.multiple,
-                        batch_size=4, **kwargs)
+                        batch_size=4, min_size=run.patch_size, **kwargs)
 
 
 def mc_mean(run, model, samples: int, interruptible: bool = False) -> list | None:
@@ -235,23 +251,24 @@ def mc_mean(run, model, samples: int, interruptible: bool = False) -> list | Non
 
 
 def teacher_maps(run, mean_probabilities: list, band: int) -> dict:
-    """Noise n, pseudo labels and image scores of every sample from the teacher's p̄."""
-    noise, pseudo, scores = [], [], []
+    """Noise n, pseudo-label weight λ = n·(1 − u), pseudo labels and image scores (mean λ) from p̄."""
+    noise, weight, pseudo, scores = [], [], [], []
     for sample, probabilities in zip(run.dataset.samples, mean_probabilities):
-        sample_noise, _ = pixel_noise(probabilities, sample.labels)
+        sample_noise, uncertainty = pixel_noise(probabilities, sample.labels)
         sample_noise[sample.trust] = 0.0
         sample_pseudo = probabilities.argmax(0).astype(np.int64)
         noise.append(sample_noise)
+        weight.append((sample_noise * (1.0 - uncertainty)).astype(np.float32))
         pseudo.append(sample_pseudo)
-        scores.append(image_noise_score(sample_noise, sample.labels, sample_pseudo, band, sample.ignore))
-    return {"noise": noise, "pseudo": pseudo, "scores": np.asarray(scores)}
+        scores.append(image_noise_score(weight[-1], sample.labels, sample_pseudo, band, sample.ignore))
+    return {"noise": noise, "weight": weight, "pseudo": pseudo, "scores": np.asarray(scores)}
 
 
 def training_weights(run, maps: dict, selected: np.ndarray) -> list:
-    """Per-sample pseudo-label weight (H, W) float32: n, 1 in selected images, 0 on trusted pixels."""
+    """Per-sample pseudo-label weight (H, W) float32: λ, 1 in selected images, 0 on trusted pixels."""
     weights = []
-    for sample, noise, chosen in zip(run.dataset.samples, maps["noise"], selected):
-        weight = np.ones_like(noise) if chosen else noise.copy()
+    for sample, weight, chosen in zip(run.dataset.samples, maps["weight"], selected):
+        weight = np.ones_like(weight) if chosen else weight.copy()
         weight[sample.trust] = 0.0
         weights.append(weight.astype(np.float32))
     return weights
@@ -297,7 +314,7 @@ def fit(dataset, config, events=None):
 
     def preview(indices):
         probabilities = predict_many(teacher.model, [dataset.samples[i].image for i in indices], run.path,
-                                     tile=prediction_tile(run), multiple=run.multiple)
+                                     tile=prediction_tile(run), multiple=run.multiple, min_size=run.patch_size)
         noise = [pixel_noise(p, dataset.samples[i].labels)[0] for p, i in zip(probabilities, indices)]
         return noise, [p.argmax(0) for p in probabilities]
 
@@ -334,6 +351,7 @@ def fit(dataset, config, events=None):
             down_weighted_fraction=float(selected.mean()) if robust else 0.0,
             down_weighted_images=[int(i) for i in np.flatnonzero(selected)] if robust else [],
             mean_noise=float(np.mean([n.mean() for n in maps["noise"]])) if robust else None,
+            mean_pseudo_weight=float(np.mean([w.mean() for w in weights])) if robust else None,
         )
 
     mean = mc_mean(run, teacher.model, int(params["mc_samples"]))
