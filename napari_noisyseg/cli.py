@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--labels", required=True, help="folder of labels, paired with images by file stem")
-    p.add_argument("--method", default="baseline", help="method name (see `noisyseg methods`)")
+    p.add_argument("--method", default="coseg", help="method name (see `noisyseg methods`; default coseg)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=30, help="epoch budget (default 30)")
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget instead of epochs")

@@ -20,7 +20,7 @@ from napari_noisyseg.cli import main
 from napari_noisyseg.core import io
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
-TRAIN = ["--epochs", "2", "--patch-size", "64", "--width", "8", "--depth", "2", "--batch-size", "4",
+TRAIN = ["--method", "baseline", "--epochs", "2", "--patch-size", "64", "--width", "8", "--depth", "2", "--batch-size", "4",
          "--seed", "0", "--quiet"]
 
 
@@ -331,3 +331,12 @@ def test_simulate_model_noise_from_the_command_line(tmp_path, capsys):
         mask, _ = io.read_array(sim / "noise_mask" / f"{stem}.tif")
         np.testing.assert_array_equal(mask.astype(bool), noisy != clean)
         assert mask.any() == (index == chosen)
+
+
+def test_default_method_is_coseg():
+    """Co-Seg is the plugin's default method (DESIGN.md), in the CLI as in the viewer."""
+    from napari_noisyseg.cli import build_parser
+    from napari_noisyseg.methods import DEFAULT_METHOD
+
+    args = build_parser().parse_args(["train", "--images", "i", "--labels", "l", "--out", "o"])
+    assert args.method == DEFAULT_METHOD == "coseg"

@@ -21,7 +21,7 @@ REGISTRY: dict[str, str] = {
     "coseg": "napari_noisyseg.methods.coseg",
 }
 
-DEFAULT_METHOD = "baseline"
+DEFAULT_METHOD = "coseg"
 
 
 def get_method(name: str):
