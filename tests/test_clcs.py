@@ -170,12 +170,15 @@ def test_judge_sample_noise_and_correction():
     thresholds = np.array([0.8, 0.4, 0.3])
     frozen = np.array([[False, False, False, True]])
     noise, corrected, noisy = judge_sample(probabilities, labels, thresholds, frozen)
-    np.testing.assert_allclose(noise[0], [0.0, 1 - 0.6 / 0.8, 1 - 0.1 / 0.4, 1 - 0.1 / 0.4], rtol=1e-5)
+    # Judged noisy: 0.5 + 0.5·(1 − p/τ); judged clean: 0.5·(1 − p)/(1 − τ).
+    np.testing.assert_allclose(noise[0], [0.25, 0.625, 0.875, 0.875], rtol=1e-5)
+    assert ((noise >= 0.5) == (noisy | frozen)).all()
     assert noisy.tolist() == [[False, True, True, False]]
     assert corrected.tolist() == [[0, 0, 2, 1]]
-    # Before any learning (all τ = 0) nothing is noisy.
+    # Before any learning (all τ = 0) nothing is noisy, but the map still ranks by p̄(given).
     noise, corrected, noisy = judge_sample(probabilities, labels, np.zeros(3))
-    assert not noisy.any() and not noise.any() and np.array_equal(corrected, labels)
+    assert not noisy.any() and np.array_equal(corrected, labels)
+    np.testing.assert_allclose(noise[0], [0.05, 0.2, 0.45, 0.45], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- training
@@ -220,7 +223,7 @@ def test_outputs_find_noise_and_keep_trust(trained, dataset, crops):
         assert noise.dtype == np.float32 and noise.shape == sample.shape
         assert noise.min() >= 0 and noise.max() <= 1
         changed = corrected != sample.labels
-        assert np.all(noise[changed] > 0), "only pixels judged noisy are corrected"
+        assert np.all(noise[changed] >= 0.5), "only pixels judged noisy (noise >= 0.5) are corrected"
     # Trusted pixels: never corrected, never noisy, although their labels are wrong here.
     trust = crops["trust"][0]
     assert np.array_equal(trained.corrected[0][trust], crops["noisy"][0][trust])

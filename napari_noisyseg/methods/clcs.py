@@ -48,8 +48,8 @@ Choices marked (ours) in METHODS.md §6, and the ones made here
 - **Noise Balance Loss** (ours): as in step 5. RCE uses ``log 0 := −4``
   (``reverse_ce_map``), so a confidently contradicted label costs a bounded loss.
 - **Outputs**: ``probabilities`` = p̄ of the final branches (eval mode);
-  ``noise`` = clip(1 − p̄(given) / τ_given, 0, 1) (0 where τ_given = 0: nothing is
-  judged noisy before any learning); ``corrected`` = argmax p̄ on noisy pixels
+  ``noise`` ≥ 0.5 exactly on the pixels judged noisy, graded by p̄(given) on both
+  sides of τ_given (see :func:`judge_sample`); ``corrected`` = argmax p̄ on noisy pixels
   (p̄(given) < τ_given), the given label elsewhere.
 - **sample_reliability** (ours): the fraction of the sample's foreground-relevant
   pixels (given or corrected label > 0; every pixel when there are none) judged
@@ -308,7 +308,13 @@ def judge_sample(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.n
 
     Returns
     -------
-    noise : ndarray float32 (H, W) in [0, 1], clip(1 − p̄(given)/τ_given)
+    noise : ndarray float32 (H, W) in [0, 1]; with p = p̄(given) and τ = τ_given:
+        ``0.5 + 0.5·(1 − p/τ)`` on pixels judged noisy (p < τ), in (0.5, 1];
+        ``0.5·(1 − p)/(1 − τ)`` on pixels judged clean, in [0, 0.5]. Continuous at
+        p = τ, decreasing in p, and ≥ 0.5 exactly where the curriculum judged the
+        pixel noisy; it ranks every pixel, also while τ is still 0 (the earlier
+        ``clip(1 − p/τ)`` was 0 on every clean pixel and constant whenever no
+        threshold had risen: AUROC 0.5 on the benchmark).
     corrected : ndarray int64 (H, W), argmax p̄ on noisy pixels, given elsewhere
     noisy : ndarray bool (H, W), p̄(given) < τ_given and not frozen
     """
@@ -318,7 +324,9 @@ def judge_sample(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.n
     noisy = given < tau_given
     if frozen is not None:
         noisy &= ~frozen
-    noise = np.clip(1.0 - given / np.maximum(tau_given, _EPS), 0.0, 1.0).astype(np.float32)
+    below = 0.5 + 0.5 * (1.0 - given / np.maximum(tau_given, _EPS))
+    above = 0.5 * (1.0 - given) / np.maximum(1.0 - tau_given, _EPS)
+    noise = np.clip(np.where(given < tau_given, below, above), 0.0, 1.0).astype(np.float32)
     corrected = np.where(noisy, probabilities.argmax(0), labels).astype(np.int64)
     return noise, corrected, noisy
 
