@@ -191,15 +191,16 @@ def build_dataset(
     modes : str or list of str
         ``"2d"``, ``"stack"`` (each slice its own sample, normalised per slice),
         ``"volume"`` (3D, sliced along axis 0, normalised per volume so that
-        empty slices are not stretched) or ``"auto"`` (2D labels → 2d, 3D → volume).
+        empty slices are not stretched; no intensity floor) or ``"auto"`` (2D labels → 2d, 3D → volume).
     trust, ignore : list of (ndarray of bool or None), optional
         Same shapes as the labels.
     n_classes : int, optional
         Defaults to max label + 1 (at least 2).
     intensity_floor : float, optional
-        Smallest intensity span stretched to 0..1 by the per-sample
-        normalisation; defaults to :func:`intensity_range_floor` of the given
-        images. Pass the training set's value when predicting on new images.
+        Smallest intensity span stretched to 0..1 by the per-image (2D) and
+        per-slice (stack) normalisation; defaults to :func:`intensity_range_floor`
+        of those images (0 when every source is a volume). Pass the training set's
+        value when predicting on new images.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} label arrays")
@@ -227,7 +228,11 @@ def build_dataset(
                 f"{names[source_index]}: {image.shape[0]} channels but earlier images have {channels}"
             )
         if mode == "volume":
-            image = normalize_percentile(image, min_range=range_floor)
+            # No floor for whole volumes (ours): a volume always holds its anatomy, and
+            # raw units differ between scans (MRI percentile spans of 102 to 5.8e5 in the
+            # hippocampus set), so a floor from other scans compressed low-span volumes (test mean
+            # 0.20 against 0.52 in training) and the network failed on them.
+            image = normalize_percentile(image)
         label = label.astype(np.int64, copy=True)
         label.setflags(write=False)
         max_label = max(max_label, int(label.max(initial=0)))
@@ -261,13 +266,14 @@ def build_dataset(
 
 
 def _normalisation_units(images, labels, modes) -> list[np.ndarray]:
-    """The arrays that are normalised one by one: whole volumes, or single slices/images."""
+    """The arrays normalised one by one under the floor: single slices or 2D images
+    (whole volumes are normalised without it, see :func:`build_dataset`)."""
     units = []
     for image, label, mode in zip(images, labels, modes):
         mode = _infer_mode(np.asarray(label), mode)
         image = np.asarray(image)
         if mode == "stack":
             units.extend(image[z] for z in range(image.shape[0]))
-        else:
+        elif mode == "2d":
             units.append(image)
     return units
