@@ -257,3 +257,26 @@ def test_cli_train_coseg(crops, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "history.json").is_file()
     noise = io.read_array(out / "noise" / "crop0.tif")[0]
     assert noise.shape == (CROP, CROP) and 0 <= noise.min() and noise.max() <= 1
+
+
+def test_collapsed_classes_flags_a_lost_class_only():
+    """The final network lost class 2 (f and g still find it); class 1 merely shrank."""
+    from types import SimpleNamespace
+
+    labels = np.zeros((10, 10), np.int64)
+    labels[:4, :4] = 1
+    labels[6:, 6:] = 2
+    sample = SimpleNamespace(labels=labels, ignore=np.zeros_like(labels, bool))
+    dataset = SimpleNamespace(samples=[sample], n_classes=3)
+
+    def onehot(mask):
+        return np.stack([mask == k for k in range(3)]).astype(np.float32)
+
+    pair = onehot(labels)
+    final = labels.copy()
+    final[final == 2] = 0
+    final[:4, 2:4] = 0  # half of class 1 left: not a collapse
+    assert coseg.collapsed_classes([onehot(final)], [pair], dataset) == [2]
+    assert coseg.collapsed_classes([pair], [pair], dataset) == []
+    # Lost by both: nothing to fall back to, so not flagged.
+    assert coseg.collapsed_classes([onehot(final)], [onehot(final)], dataset) == []
