@@ -1,6 +1,6 @@
 """``noisyseg``: the napari-noisyseg pipeline on the command line.
 
-Subcommands: ``simulate``, ``train``, ``predict``, ``evaluate``, ``methods``.
+Subcommands: ``simulate``, ``train``, ``compare``, ``predict``, ``evaluate``, ``methods``.
 Their arguments and output layout are a stable contract used by the project's
 benchmarks and by checks on data outside this repository.
 """
@@ -98,6 +98,59 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _format_comparison(document: dict) -> str:
+    """The table ``noisyseg compare`` prints: one row per method, then one per pair."""
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    rows = document["per_method"]
+    width = max([len("method")] + [len(m) for m in rows]) + 2
+    lines = [f"{'method':{width}s}{'wall s':>8s}{'mean noise':>12s}{'flagged %':>11s}{'proposals':>11s}"
+             f"{'agreement':>11s}"]
+    for method, row in rows.items():
+        flagged = None if row["flagged_fraction"] is None else 100 * row["flagged_fraction"]
+        lines.append(f"{method:{width}s}{fmt(row['wall_s'], '8.1f')}{fmt(row['mean_noise'], '12.4f')}"
+                     f"{fmt(flagged, '11.2f')}{row['n_proposals']:11d}{fmt(row['dice_with_others'], '11.3f')}"
+                     + ("  (stopped)" if row.get("stopped") else ""))
+    lines.append(f"agreement: mean Dice of the pixels a method flags (noise >= {document['threshold']:g}) "
+                 "with those each other method flags")
+    if document["pairwise"]:
+        pair_width = max(len(f"{r['a']} vs {r['b']}") for r in document["pairwise"]) + 2
+        lines.append(f"{'pair':{pair_width}s}{'dice':>8s}{'iou':>8s}{'spearman':>10s}")
+        for row in document["pairwise"]:
+            lines.append(f"{row['a'] + ' vs ' + row['b']:{pair_width}s}{fmt(row['dice'], '8.3f')}"
+                         f"{fmt(row['iou'], '8.3f')}{fmt(row['spearman'], '10.3f')}")
+    if document["not_run"]:
+        lines.append(f"not run (stopped): {', '.join(document['not_run'])}")
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    from .core.dataset import build_dataset
+    from .pipeline import (
+        check_new_dir, compare_methods, load_pairs, resolve_methods, split_method_params, write_comparison,
+    )
+
+    methods = resolve_methods(args.methods)  # unknown names: exit 2 before reading anything
+    params = split_method_params(_parse_params(args.param), methods)
+    config_kwargs = dict(
+        epochs=args.epochs, minutes=args.minutes, device=args.device, precision=args.precision, seed=args.seed,
+        patch_size=args.patch_size, batch_size=args.batch_size, width=args.width, depth=args.depth,
+        learning_rate=args.lr,
+    )
+    check_new_dir(args.out, args.overwrite)  # fail before training, not after it
+    loaded = load_pairs(args.images, args.labels)
+    budget = (f"{args.minutes:g} minutes" if args.minutes is not None
+              else f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}")
+    print(f"{len(loaded.names)} image/label pairs; methods {', '.join(methods)}; {budget} each", flush=True)
+    dataset = build_dataset(loaded.images, loaded.labels, loaded.names, modes=args.mode)
+    comparison = compare_methods(dataset, methods, config_kwargs, None if args.quiet else _print_epoch,
+                                 params=params, threshold=args.threshold)
+    document = write_comparison(args.out, loaded, dataset, comparison, overwrite=args.overwrite, mode=args.mode)
+    print(_format_comparison(document))
+    print(f"{document['n_proposals']} proposed regions of {document['reference']} (with their agreement) "
+          f"in proposals.csv; wrote {args.out}" + (" (stopped early)" if comparison.stopped else ""))
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .core import io
     from .pipeline import check_new_dir, ensure_new_dir, load_images, predict_images
@@ -150,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="noisyseg",
         description="Find and fix wrong segmentation annotations: simulate label noise, train a "
-        "noisy-label method, propose corrections, predict, evaluate.",
+        "noisy-label method (or compare several), propose corrections, predict, evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"napari-noisyseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -208,6 +261,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "compare", help="train several methods with one budget and compare their noise maps",
+        description="Train several methods one after the other on the same data, each with the same budget "
+        "(--epochs or --minutes each), seed and network, and compare their noise maps. Writes "
+        "OUT/<method>/noise/<stem>.tif, OUT/<method>/corrected/<stem>.tif, OUT/<method>/history.json, "
+        "OUT/agreement/<stem>.tif (float32: per pixel the fraction of methods whose noise is >= --threshold), "
+        "OUT/proposals.csv (the first method's proposed regions with columns agreement and flagged_by) and "
+        "OUT/comparison.json (per method: wall seconds, mean noise, flagged fraction, proposals; pairwise "
+        "Dice / IoU of the flagged pixels and Spearman correlation of the maps).",
+        epilog="example: noisyseg compare --images IMAGES/ --labels SIM/labels --methods coseg,confident,cleansing "
+        "--epochs 20 --out CMP/",
+    )
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--labels", required=True, help="folder of labels, paired with images by file stem")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated method names, at least two (see `noisyseg methods`); the first one's "
+                   "proposals go to proposals.csv")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=30, help="epoch budget of each method (default 30)")
+    budget.add_argument("--minutes", type=float, default=None, help="wall-time budget of each method instead of epochs")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="a method flags a pixel when its noise likelihood is >= this (default 0.5)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0, help="the same seed for every method")
+    p.add_argument("--mode", default="auto", choices=["auto", "2d", "stack", "volume"],
+                   help="3D files: 'volume' (default for 3D, sliced along axis 0) or 'stack' (independent slices)")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--width", type=int, default=16, help="U-Net channels at the first level")
+    p.add_argument("--depth", type=int, default=4, help="U-Net down-sampling steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--param", action="append", metavar="[METHOD.]KEY=VALUE",
+                   help="method parameter (JSON value): METHOD.KEY for one method, KEY for every compared "
+                   "method that has it; repeatable")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="segment images with a trained model",
                        description="Segment images with a model from `noisyseg train`. Writes OUT/<stem>.tif labels.")

@@ -855,6 +855,9 @@ class CurationSession:
                 for n, m, g, h in zip(self.names, self.modes, self.given, self.hashes)
             ],
             "counts": self.counts(),
+            "comparison": None if self.agreement is None else {
+                "methods": list(self.agreement.methods), "threshold": self.agreement.threshold,
+            },
             "log": self.log,
             "regions": self.table(),
         }

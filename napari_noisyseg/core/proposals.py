@@ -150,11 +150,28 @@ def find_regions(
     return region_map, regions
 
 
-def regions_to_csv(regions: list[Region]) -> str:
-    """CSV text with :data:`CSV_COLUMNS`, one row per region."""
+def regions_to_csv(regions: list[Region], extra_columns: dict | None = None) -> str:
+    """CSV text with :data:`CSV_COLUMNS`, one row per region.
+
+    Parameters
+    ----------
+    regions : list of Region
+    extra_columns : dict of str -> dict of int -> value, optional
+        More columns after :data:`CSV_COLUMNS`, in the dict's order: column name →
+        {region id: value}; a region missing from a column gets an empty cell
+        (``noisyseg compare`` adds ``agreement`` and ``flagged_by``).
+    """
+    extra_columns = dict(extra_columns or {})
+    clash = set(extra_columns) & set(CSV_COLUMNS)
+    if clash:
+        raise ValueError(f"extra columns {sorted(clash)} would replace standard ones")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS + tuple(extra_columns))
     writer.writeheader()
     for region in regions:
-        writer.writerow(region.to_row())
+        row = region.to_row()
+        for column, values in extra_columns.items():
+            value = values.get(region.id, "")
+            row[column] = round(value, 4) if isinstance(value, float) else value
+        writer.writerow(row)
     return buffer.getvalue()

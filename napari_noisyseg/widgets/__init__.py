@@ -1,4 +1,4 @@
-"""napari dock widgets of NoisySeg: Train, Review and Export (Qt via qtpy).
+"""napari dock widgets of NoisySeg: Train, Review, Export and Compare methods (Qt via qtpy).
 
 The widgets are thin: they build a config, start a worker, show its events and
 call ``core`` functions. Importing this package does not import Qt; the widget
@@ -13,6 +13,7 @@ _WIDGETS = {
     "TrainWidget": "napari_noisyseg.widgets.train",
     "ReviewWidget": "napari_noisyseg.widgets.review",
     "ExportWidget": "napari_noisyseg.widgets.export",
+    "CompareWidget": "napari_noisyseg.widgets.compare",
 }
 
 __all__ = list(_WIDGETS)

@@ -10,6 +10,12 @@ For a labels layer ``L`` the plugin adds, just above ``L``:
 * ``L cleaned``    labels layer showing the curation session's ``cleaned``
                    array itself, so painting on it edits what is exported.
 
+After a method comparison (:mod:`.compare`) it also adds, per labels layer:
+
+* ``L noise [M]``  one image layer per compared method ``M``, styled as
+                   ``L noise``, hidden except the first method's;
+* ``L agreement``  image layer, per pixel the fraction of methods flagging it.
+
 Layers are created once and then updated in place: the camera, the dims
 slider and the layer selection are left as they were.
 """
@@ -45,6 +51,14 @@ def layer_names(labels_name: str) -> dict:
         "proposals": labels_name + PROPOSALS_SUFFIX,
         "cleaned": labels_name + CLEANED_SUFFIX,
     }
+
+
+AGREEMENT_SUFFIX = " agreement"
+
+
+def method_noise_name(labels_name: str, method: str) -> str:
+    """``"<labels> noise [<method>]"``: one compared method's noise layer."""
+    return f"{labels_name}{NOISE_SUFFIX} [{method}]"
 
 
 def is_overlay_name(name: str) -> bool:
@@ -333,6 +347,53 @@ class OverlayLayers:
                         table.loc[table["index"] == region.id, "status"] = region.status
             if layers["cleaned"] is not None:
                 layers["cleaned"].refresh()
+
+    # ----- method comparison ------------------------------------------------------
+    def show_comparison(self, labels_name: str, method_noise: dict, agreement: np.ndarray,
+                        geometry: dict | None = None) -> dict:
+        """Show one source of a method comparison: a noise layer per method and the agreement.
+
+        Layers of an earlier comparison are updated in place; those of methods not
+        in this one are removed. Returns ``{layer name: layer}`` of the shown layers.
+
+        Parameters
+        ----------
+        method_noise : dict of str -> ndarray
+            Method → its noise map of this source (first = reference: shown, the rest hidden).
+        agreement : ndarray of float
+            Fraction of methods flagging each pixel.
+        geometry : dict, optional
+            ``scale`` / ``translate`` of the original labels layer.
+        """
+        from napari.layers import Image
+
+        layers = self.viewer.layers
+        wanted = [method_noise_name(labels_name, m) for m in method_noise] + [labels_name + AGREEMENT_SUFFIX]
+        stale = [layer for layer in layers if layer.metadata.get("noisyseg_source") == labels_name
+                 and layer.metadata.get("noisyseg_content") == "comparison" and layer.name not in wanted]
+        shown = {}
+        meta = {"noisyseg_source": labels_name, "noisyseg_content": "comparison"}
+        geometry = dict(geometry or {})
+        with keep_view(self.viewer):
+            for layer in stale:
+                layers.remove(layer)
+            items = [(method_noise_name(labels_name, m), np.asarray(noise, np.float32), "magma", index == 0,
+                      {**meta, "noisyseg_method": m}) for index, (m, noise) in enumerate(method_noise.items())]
+            items.append((labels_name + AGREEMENT_SUFFIX, np.asarray(agreement, np.float32), "viridis", True,
+                          {**meta, "noisyseg_methods": list(method_noise)}))
+            for name, data, colormap, visible, metadata in items:
+                if name in layers:
+                    layer = layers[name]
+                    layer.data = data
+                    layer.contrast_limits = (0.0, 1.0)
+                    layer.metadata.update(metadata)
+                    layer.visible = visible
+                else:
+                    layer = self._insert(Image(data, name=name, colormap=colormap, contrast_limits=(0.0, 1.0),
+                                               blending="additive", opacity=0.7, visible=visible,
+                                               metadata=metadata, **geometry), labels_name)
+                shown[name] = layer
+        return shown
 
     # ----- noise toggle --------------------------------------------------------
     def bind_noise_key(self) -> None:

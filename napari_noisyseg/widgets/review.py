@@ -6,6 +6,11 @@ reject / undo as buttons and as the keys ``a`` / ``r`` / ``u`` (bound on the
 viewer while this widget exists), and a bulk accept above a likelihood
 threshold with a preview count. Decisions go to the curation session
 (``core.curation``), which keeps the log; this widget only shows it.
+
+After a method comparison (the Compare methods widget) the table's
+``agreement`` column holds each region's agreement between the compared
+methods, and the sort menu offers "agreement between methods"; otherwise the
+column shows "—" and that sort is not offered.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ from qtpy.QtWidgets import (
 from .layers import KIND_COLOURS, camera_of, canvas_size
 from .state import state_for, unwrap_viewer
 
-COLUMNS = ("id", "sample", "kind", "area", "likelihood", "reliability", "status")
+COLUMNS = ("id", "sample", "kind", "area", "likelihood", "reliability", "status", "agreement")
+STATUS_COLUMN = COLUMNS.index("status")
+AGREEMENT_COLUMN = COLUMNS.index("agreement")
+AGREEMENT_SORT = ("agreement between methods (most agreed first)", "agreement")
+NO_VALUE = "—"
 STATUS_BACKGROUND = {"pending": None, "accepted": "#2e5d3a", "rejected": "#6a2c2c"}
 KEYS = {"a": "accept", "r": "reject", "u": "undo"}
 #: The camera shows at least this many data pixels around a region.
@@ -162,9 +171,35 @@ class ReviewWidget(QWidget):
     def session(self):
         return self.state.session
 
+    def _sync_sort_options(self) -> None:
+        """Offer the agreement sort only while the session has a method comparison."""
+        session = self.session
+        wanted = session is not None and session.has_agreement
+        index = self.sort.findData(AGREEMENT_SORT[1])
+        if wanted == (index >= 0):
+            return
+        self.sort.blockSignals(True)
+        if wanted:
+            self.sort.addItem(*AGREEMENT_SORT)
+        else:
+            current = self.sort.currentIndex() == index
+            self.sort.removeItem(index)
+            if current:
+                self.sort.setCurrentIndex(0)  # back to likelihood
+        self.sort.blockSignals(False)
+
+    def sort_by(self, key: str) -> None:
+        """Sort the table by ``likelihood``, ``reliability`` or (after a comparison) ``agreement``."""
+        index = self.sort.findData(key)
+        if index < 0:
+            raise ValueError(f"cannot sort by {key!r} now; options: "
+                             f"{[self.sort.itemData(i) for i in range(self.sort.count())]}")
+        self.sort.setCurrentIndex(index)
+
     def rebuild(self) -> None:
         """Refill the table from the session (order, filter), keeping the current region."""
         session = self.session
+        self._sync_sort_options()
         self.table.blockSignals(True)
         self.table.setRowCount(0)
         self._order, self._rows = [], {}
@@ -175,8 +210,9 @@ class ReviewWidget(QWidget):
             for row, region in enumerate(regions):
                 self._order.append(region.id)
                 self._rows[region.id] = row
+                agreement = NO_VALUE if region.agreement is None else f"{region.agreement:.2f}"
                 values = (region.id, region.sample, region.kind, region.area, f"{region.mean_noise:.3f}",
-                          f"{region.reliability:.3f}", region.status)
+                          f"{region.reliability:.3f}", region.status, agreement)
                 for column, value in enumerate(values):
                     item = QTableWidgetItem(str(value))
                     if column in (0, 3):
@@ -184,6 +220,8 @@ class ReviewWidget(QWidget):
                     if column == 2:
                         r, g, b, _ = KIND_COLOURS[region.kind]
                         item.setForeground(QBrush(QColor.fromRgbF(r, g, b)))
+                    if column == AGREEMENT_COLUMN and region.agreement is not None:
+                        item.setToolTip("flagged by: " + (", ".join(region.flagged_by) or "no method"))
                     self.table.setItem(row, column, item)
                 self._colour_row(row, region.status)
         self.table.blockSignals(False)
@@ -201,7 +239,7 @@ class ReviewWidget(QWidget):
             item = self.table.item(row, column)
             if item is not None:
                 item.setBackground(brush)
-                if column == len(COLUMNS) - 1:
+                if column == STATUS_COLUMN:
                     item.setText(status)
 
     def _on_decisions(self) -> None:
@@ -312,8 +350,10 @@ class ReviewWidget(QWidget):
         if self.viewer.dims.ndisplay == 2 and len(shown) == 2:
             zoom = min(size[0] / (extents[shown[0]] * 2.5), size[1] / (extents[shown[1]] * 2.5))
             camera.zoom = max(zoom, 1e-3)
+        agreement = "" if region.agreement is None else (
+            f", agreement {region.agreement:.2f} (flagged by {', '.join(region.flagged_by) or 'no method'})")
         self.message.setText(f"Region {rid}: {region.kind}, {region.area} px in {region.sample}, "
-                             f"likelihood {region.mean_noise:.2f}, {region.status}.")
+                             f"likelihood {region.mean_noise:.2f}{agreement}, {region.status}.")
 
     # ----- decisions -------------------------------------------------------------------
     def decide(self, decision: str):

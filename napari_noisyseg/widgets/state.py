@@ -95,6 +95,7 @@ class CurationState(QObject):
         self.job: TrainingJob | None = None
         self.job_kind = ""
         self.job_dataset = None  # the dataset the running/last job built (what fit received)
+        self.comparison = None  # the last method comparison (pipeline.Comparison), if any
         self.min_area = 4
         self._updating = False
         self.last_decided: list[int] = []  # region ids of the last decision (for the review table)
@@ -191,6 +192,10 @@ class CurationState(QObject):
         current session the worker prepares a new round against snapshots of
         its cleaned labels and trust taken now; the GUI thread applies it
         (:meth:`CurationSession.apply_proposals` skips regions touched meanwhile).
+
+        ``task`` returns ``(dataset, result)``, or ``(dataset, result, agreement)``
+        after a method comparison (a :class:`~napari_noisyseg.core.agreement.MethodAgreement`
+        that the regions are annotated with).
         """
         session = self.session if (kind == "retrain" or self.same_sources(inputs)) else None
         snapshot = (session.cleaned_labels(), session.trust_masks()) if session is not None else None
@@ -199,14 +204,16 @@ class CurationState(QObject):
 
         def run(progress):
             value = task(progress)
-            dataset, result = value if value is not None else (None, None)
+            dataset, result, *extra = value if value is not None else (None, None)
+            agreement = extra[0] if extra else None
             if result is None:
                 return dataset, None, None
             progress.emit(StateEvent("proposing", "Finding the proposed changes…"))
             if session is not None:
-                return dataset, result, (session, session.prepare_result(dataset, result, *snapshot))
+                return dataset, result, (session, session.prepare_result(dataset, result, *snapshot,
+                                                                         agreement=agreement))
             fresh = CurationSession.from_result(dataset, result, given=[p.labels for p in inputs],
-                                                names=names, min_area=min_area)
+                                                names=names, min_area=min_area, agreement=agreement)
             return dataset, result, (None, fresh)
 
         return run
