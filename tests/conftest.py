@@ -102,6 +102,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_qt)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tests' networks are tiny: intra-op threads gain nothing, and on a busy
+    2-core machine two spinning threads per step made training tests 5–20× slower.
+    Restored after each module (GUI workers pick their own count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def requires_display():
     """Skip the test when no real window can be opened."""

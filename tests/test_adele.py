@@ -34,15 +34,7 @@ from napari_noisyseg.methods.adele import (
     skip_leading,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads; on a busy 2-core machine two
-    spinning threads per step make these runs many times slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from helpers import write_pairs
 
 CROPS = [(0, 0, 0), (1, 0, 64), (2, 320, 128), (0, 256, 300)]
 SIZE = 128
@@ -305,9 +297,7 @@ def test_stop_returns_a_usable_result(dataset):
 def test_cli_trains_adele(tmp_path, crops):
     from napari_noisyseg.cli import main
 
-    for i, (image, labels) in enumerate(zip(crops["images"][:2], crops["noisy"][:2])):
-        io.write_array(tmp_path / "images" / f"crop{i}.tif", image)
-        io.write_labels(tmp_path / "labels" / f"crop{i}.png", labels)
+    write_pairs(tmp_path, crops["images"][:2], crops["noisy"][:2])
     out = tmp_path / "run"
     code = main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
                  "--method", "adele", "--epochs", "2", "--patch-size", "64", "--batch-size", "4",

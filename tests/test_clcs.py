@@ -29,6 +29,8 @@ from napari_noisyseg.methods.clcs import (
     select_clean,
 )
 
+from helpers import write_pairs
+
 # (sample index, top, left): three crops with nuclei, one of the image without nuclei
 # (its noisy labels hold a spurious blob).
 CROPS = [(0, 0, 0), (1, 0, 64), (2, 320, 128), (3, 256, 192)]
@@ -276,9 +278,7 @@ def test_stop_returns_a_usable_result(dataset):
 def test_cli_trains_clcs(tmp_path, crops):
     from napari_noisyseg.cli import main
 
-    for i, (image, labels) in enumerate(zip(crops["images"][:2], crops["noisy"][:2])):
-        io.write_array(tmp_path / "images" / f"crop{i}.tif", image)
-        io.write_labels(tmp_path / "labels" / f"crop{i}.png", labels)
+    write_pairs(tmp_path, crops["images"][:2], crops["noisy"][:2])
     out = tmp_path / "run"
     code = main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
                  "--method", "clcs", "--epochs", "2", "--patch-size", "64", "--batch-size", "4",

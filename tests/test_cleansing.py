@@ -14,34 +14,20 @@ import pytest
 from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.core.metrics import noise_detection_scores
 from napari_noisyseg.core.noise import simulate_noise
-from napari_noisyseg.engine.events import Progress, StepEvent
 from napari_noisyseg.methods import REGISTRY, TrainConfig, get_method
 from napari_noisyseg.methods import cleansing
+
+from helpers import foreground_crops, stop_at
 
 CROP = 128
 TINY = dict(patch_size=64, batch_size=4, width=8, depth=3, seed=0)
 FAST = dict(ema_decay=0.9, warmup_fraction=0.5)
 
 
-def _crops(sample: dict, count: int) -> tuple[list, list]:
-    images, labels = [], []
-    stack, clean = sample["image"], sample["clean"]
-    for index in range(stack.shape[0]):
-        for top in range(0, stack.shape[1] - CROP + 1, CROP):
-            for left in range(0, stack.shape[2] - CROP + 1, CROP):
-                lab = clean[index, top : top + CROP, left : left + CROP]
-                if 0.1 < lab.mean() < 0.5:
-                    images.append(stack[index, top : top + CROP, left : left + CROP])
-                    labels.append(lab.astype(np.int64))
-                if len(images) == count:
-                    return images, labels
-    return images, labels
-
-
 @pytest.fixture(scope="module")
 def crops(_bbbc_cached) -> dict:
     """Six crops whose labels lost half of their nuclei."""
-    images, clean = _crops(_bbbc_cached, 6)
+    images, clean = foreground_crops(_bbbc_cached, 6, CROP, low=0.1, high=0.5)
     assert len(images) == 6
     run = simulate_noise(clean, "missing", fraction=1.0, seed=1, p=0.5)
     noisy = [np.asarray(n, np.int64) for n in run.noisy]
@@ -172,21 +158,10 @@ def test_trusted_pixels_never_change(trained):
     assert np.array_equal(result.corrected[0][sample.trust], sample.labels[sample.trust])
 
 
-def _stop_at(predicate):
-    progress = Progress()
-
-    def callback(event):
-        if isinstance(event, StepEvent) and predicate(event):
-            progress.request_stop()
-
-    progress.callback = callback
-    return progress
-
-
 @pytest.mark.parametrize("stop_epoch", [0, 3])
 def test_stop_returns_a_usable_result(crops, stop_epoch):
     dataset = _dataset(crops).subset([0, 1, 2])
-    progress = _stop_at(lambda event: event.epoch == stop_epoch)
+    progress = stop_at(lambda event: event.epoch == stop_epoch)
     result = cleansing.fit(dataset, _config(6, warmup_fraction=0.4), progress)
     assert result.stopped and result.history["stopped"]
     assert result.history["epoch"][-1] <= stop_epoch

@@ -13,44 +13,19 @@ import torch
 
 from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.core.noise import simulate_noise
-from napari_noisyseg.engine.events import Progress, StepEvent
 from napari_noisyseg.methods import REGISTRY, TrainConfig, get_method
 from napari_noisyseg.methods import coseg
+
+from helpers import foreground_crops, stop_at
 
 CROP = 96
 TINY = dict(patch_size=64, batch_size=4, width=8, depth=3, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine
-    two spinning threads per step make these runs 10× slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _crops(sample: dict, count: int) -> tuple[list, list]:
-    """``count`` 96×96 crops (image, clean labels) with nuclei in them."""
-    images, labels = [], []
-    stack, clean = sample["image"], sample["clean"]
-    for index in range(stack.shape[0]):
-        for top in range(0, stack.shape[1] - CROP + 1, CROP):
-            for left in range(0, stack.shape[2] - CROP + 1, CROP):
-                lab = clean[index, top : top + CROP, left : left + CROP]
-                if 0.08 < lab.mean() < 0.5:
-                    images.append(stack[index, top : top + CROP, left : left + CROP])
-                    labels.append(lab.astype(np.int64))
-                if len(images) == count:
-                    return images, labels
-    return images, labels
-
-
 @pytest.fixture(scope="module")
 def crops(_bbbc_cached) -> dict:
     """Eight crops: the first four with heavily wrong labels, the last four clean."""
-    images, clean = _crops(_bbbc_cached, 8)
+    images, clean = foreground_crops(_bbbc_cached, 8, CROP, low=0.08, high=0.5)
     assert len(images) == 8
     run = simulate_noise(clean[:4], "missing+spurious", fraction=1.0, seed=3, p=0.8)
     noisy = [np.asarray(n, np.int64) for n in run.noisy] + [c.copy() for c in clean[4:]]
@@ -184,23 +159,12 @@ def test_correction_rule_leaves_frozen_pixels():
     assert dice == pytest.approx(2 * 15 / 31)
 
 
-def _stop_at(predicate):
-    progress = Progress()
-
-    def callback(event):
-        if isinstance(event, StepEvent) and predicate(event):
-            progress.request_stop()
-
-    progress.callback = callback
-    return progress
-
-
 @pytest.mark.parametrize("stop_epoch, final_from", [(1, "f+g"), (2, "f+g"), (3, "final")])
 def test_stop_returns_a_usable_result(crops, stop_epoch, final_from):
     dataset = _dataset(crops)
     # 4 epochs: stage 1 is epochs 0-1, stage 4 epochs 2-3 (stopping in epoch 2 leaves the
     # final network less than an epoch of training, so f and g predict).
-    progress = _stop_at(lambda event: event.epoch == stop_epoch)
+    progress = stop_at(lambda event: event.epoch == stop_epoch)
     result = coseg.fit(dataset, _config(4), progress)
     assert result.stopped
     assert result.history["final_from"] == final_from
