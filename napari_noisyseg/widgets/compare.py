@@ -25,11 +25,9 @@ from __future__ import annotations
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -37,11 +35,8 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QRadioButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -52,6 +47,7 @@ from ..methods import TrainConfig, available_methods
 from .layers import is_overlay_name
 from .state import state_for, unwrap_viewer
 from .train import PairRow
+from .controls import BudgetPicker, Collapsible, spin
 from .worker import warm_up
 
 #: Ticked when the widget opens (the default method and the out-of-fold detector).
@@ -105,52 +101,25 @@ class CompareWidget(QWidget):
         layout.addWidget(self.method_list)
 
         form = QFormLayout()
-        budget = QWidget()
-        grid = QGridLayout(budget)
-        grid.setContentsMargins(0, 0, 0, 0)
-        self.by_epochs = QRadioButton("epochs")
-        self.by_minutes = QRadioButton("minutes")
-        self.by_epochs.setChecked(True)
-        group = QButtonGroup(self)
-        group.addButton(self.by_epochs)
-        group.addButton(self.by_minutes)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10000)
-        self.epochs.setValue(30)
-        self.minutes = QDoubleSpinBox()
-        self.minutes.setRange(0.1, 10000.0)
-        self.minutes.setDecimals(1)
-        self.minutes.setValue(2.0)
-        self.minutes.setSuffix(" min")
-        grid.addWidget(self.by_epochs, 0, 0)
-        grid.addWidget(self.epochs, 0, 1)
-        grid.addWidget(self.by_minutes, 1, 0)
-        grid.addWidget(self.minutes, 1, 1)
-        self.by_epochs.toggled.connect(self._update_budget)
-        form.addRow("Budget (each)", budget)
+        self.budget = BudgetPicker(epochs=30, minutes=2.0)
+        self.by_epochs, self.by_minutes = self.budget.by_epochs, self.budget.by_minutes
+        self.epochs, self.minutes = self.budget.epochs, self.budget.minutes
+        form.addRow("Budget (each)", self.budget)
         layout.addLayout(form)
 
-        self.advanced_toggle = QToolButton()
-        self.advanced_toggle.setText("Advanced settings")
-        self.advanced_toggle.setCheckable(True)
-        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.advanced_toggle.setStyleSheet("QToolButton { border: none; }")
-        self.advanced_toggle.toggled.connect(self._toggle_advanced)
+        advanced = Collapsible("Advanced settings")
+        self.advanced_toggle, self.advanced, adv = advanced.toggle, advanced.body, advanced.form
         layout.addWidget(self.advanced_toggle)
-        self.advanced = QWidget()
-        adv = QFormLayout(self.advanced)
-        adv.setContentsMargins(12, 0, 0, 0)
         defaults = TrainConfig()
         self.device = QComboBox()
         self.device.addItem("auto", "auto")
         for device in available_devices():
             self.device.addItem(device, device)
-        self.patch_size = _spin(32, 1024, defaults.patch_size, 16)
-        self.batch_size = _spin(1, 256, defaults.batch_size)
-        self.width = _spin(4, 128, defaults.width)
-        self.depth = _spin(1, 6, defaults.depth)
-        self.seed = _spin(0, 2**31 - 1, defaults.seed)
+        self.patch_size = spin(32, 1024, defaults.patch_size, 16)
+        self.batch_size = spin(1, 256, defaults.batch_size)
+        self.width = spin(4, 128, defaults.width)
+        self.depth = spin(1, 6, defaults.depth)
+        self.seed = spin(0, 2**31 - 1, defaults.seed)
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
@@ -161,7 +130,6 @@ class CompareWidget(QWidget):
                               ("U-Net depth", self.depth), ("seed (all methods)", self.seed),
                               ("flag threshold", self.threshold)):
             adv.addRow(label, widget)
-        self.advanced.setVisible(False)
         layout.addWidget(self.advanced)
 
         buttons = QHBoxLayout()
@@ -192,15 +160,6 @@ class CompareWidget(QWidget):
         self.results.horizontalHeaderItem(4).setToolTip(
             "Mean Dice of the pixels this method flags with those each other method flags")
         layout.addWidget(self.results, 1)
-        self._update_budget()
-
-    def _toggle_advanced(self, shown: bool) -> None:
-        self.advanced.setVisible(shown)
-        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-
-    def _update_budget(self) -> None:
-        self.epochs.setEnabled(self.by_epochs.isChecked())
-        self.minutes.setEnabled(self.by_minutes.isChecked())
 
     # ----- viewer ---------------------------------------------------------------
     def _connect(self) -> None:
@@ -271,8 +230,8 @@ class CompareWidget(QWidget):
     def config_kwargs(self) -> dict:
         """The settings every method gets (budget, seed, network, device)."""
         return dict(
-            epochs=int(self.epochs.value()) if self.by_epochs.isChecked() else None,
-            minutes=float(self.minutes.value()) if self.by_minutes.isChecked() else None,
+            epochs=self.budget.budget()[0],
+            minutes=self.budget.budget()[1],
             device=self.device.currentData() or "auto",
             seed=int(self.seed.value()),
             patch_size=int(self.patch_size.value()),
@@ -405,10 +364,3 @@ class CompareWidget(QWidget):
         self._update_buttons()
         return None
 
-
-def _spin(low: int, high: int, value: int, step: int = 1) -> QSpinBox:
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setSingleStep(step)
-    spin.setValue(value)
-    return spin

@@ -16,7 +16,6 @@ import re
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -27,8 +26,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
-    QRadioButton,
-    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -40,6 +37,7 @@ from ..methods import DEFAULT_METHOD, TrainConfig, available_methods, fit, get_m
 from .layers import is_overlay_name
 from .plot import TrainingPlot
 from .state import MODES, state_for, unwrap_viewer
+from .controls import BudgetPicker, Collapsible, spin
 from .worker import warm_up
 
 PREFERRED_METHOD = "coseg"
@@ -170,57 +168,29 @@ class TrainWidget(QWidget):
         form.addRow("Device", self.device)
         form.addRow("", self.device_note)
 
-        budget = QWidget()
-        budget_layout = QGridLayout(budget)
-        budget_layout.setContentsMargins(0, 0, 0, 0)
-        self.by_epochs = QRadioButton("epochs")
-        self.by_minutes = QRadioButton("minutes")
-        self.by_epochs.setChecked(True)
-        group = QButtonGroup(self)
-        group.addButton(self.by_epochs)
-        group.addButton(self.by_minutes)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10000)
-        self.epochs.setValue(30)
-        self.minutes = QDoubleSpinBox()
-        self.minutes.setRange(0.1, 10000.0)
-        self.minutes.setDecimals(1)
-        self.minutes.setValue(5.0)
-        self.minutes.setSuffix(" min")
-        budget_layout.addWidget(self.by_epochs, 0, 0)
-        budget_layout.addWidget(self.epochs, 0, 1)
-        budget_layout.addWidget(self.by_minutes, 1, 0)
-        budget_layout.addWidget(self.minutes, 1, 1)
-        self.by_epochs.toggled.connect(self._update_budget)
-        form.addRow("Budget", budget)
+        self.budget = BudgetPicker(epochs=30, minutes=5.0)
+        self.by_epochs, self.by_minutes = self.budget.by_epochs, self.budget.by_minutes
+        self.epochs, self.minutes = self.budget.epochs, self.budget.minutes
+        form.addRow("Budget", self.budget)
         layout.addLayout(form)
 
-        self.advanced_toggle = QToolButton()
-        self.advanced_toggle.setText("Advanced settings")
-        self.advanced_toggle.setCheckable(True)
-        self.advanced_toggle.setChecked(False)
-        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.advanced_toggle.setStyleSheet("QToolButton { border: none; }")
-        self.advanced_toggle.toggled.connect(self._toggle_advanced)
+        advanced = Collapsible("Advanced settings")
+        self.advanced_toggle, self.advanced, adv = advanced.toggle, advanced.body, advanced.form
         layout.addWidget(self.advanced_toggle)
-        self.advanced = QWidget()
-        adv = QFormLayout(self.advanced)
-        adv.setContentsMargins(12, 0, 0, 0)
         defaults = TrainConfig()
-        self.patch_size = self._spin(32, 1024, defaults.patch_size, 16)
-        self.batch_size = self._spin(1, 256, defaults.batch_size)
-        self.width = self._spin(4, 128, defaults.width)
-        self.depth = self._spin(1, 6, defaults.depth)
+        self.patch_size = spin(32, 1024, defaults.patch_size, 16)
+        self.batch_size = spin(1, 256, defaults.batch_size)
+        self.width = spin(4, 128, defaults.width)
+        self.depth = spin(1, 6, defaults.depth)
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(1e-5, 1.0)
         self.learning_rate.setSingleStep(1e-4)
         self.learning_rate.setValue(defaults.learning_rate)
-        self.seed = self._spin(0, 2**31 - 1, defaults.seed)
-        self.preview_every = self._spin(0, 100000, 20)
+        self.seed = spin(0, 2**31 - 1, defaults.seed)
+        self.preview_every = spin(0, 100000, 20)
         self.preview_every.setToolTip("Update the overlays every this many steps (0 = only at the end)")
-        self.min_area = self._spin(1, 100000, self.state.min_area)
+        self.min_area = spin(1, 100000, self.state.min_area)
         self.min_area.setToolTip("Smaller changes are not proposed as regions")
         self.params = QLineEdit()
         self.params.setToolTip("Method parameters as key=value, separated by commas")
@@ -230,7 +200,6 @@ class TrainWidget(QWidget):
                               ("preview every (steps)", self.preview_every),
                               ("min region area (px)", self.min_area), ("method parameters", self.params)):
             adv.addRow(label, widget)
-        self.advanced.setVisible(False)
         layout.addWidget(self.advanced)
 
         buttons = QGridLayout()
@@ -265,23 +234,6 @@ class TrainWidget(QWidget):
         self.add_pair()
         self._on_method_changed()
         self._update_device_note()
-        self._update_budget()
-
-    @staticmethod
-    def _spin(low: int, high: int, value: int, step: int = 1) -> QSpinBox:
-        spin = QSpinBox()
-        spin.setRange(low, high)
-        spin.setSingleStep(step)
-        spin.setValue(value)
-        return spin
-
-    def _toggle_advanced(self, shown: bool) -> None:
-        self.advanced.setVisible(shown)
-        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-
-    def _update_budget(self) -> None:
-        self.epochs.setEnabled(self.by_epochs.isChecked())
-        self.minutes.setEnabled(self.by_minutes.isChecked())
 
     def _on_method_changed(self) -> None:
         name = self.method.currentData()
@@ -406,8 +358,8 @@ class TrainWidget(QWidget):
         name = method or self.method.currentData() or DEFAULT_METHOD
         config = TrainConfig(
             method=name,
-            epochs=int(self.epochs.value()) if self.by_epochs.isChecked() else None,
-            minutes=float(self.minutes.value()) if self.by_minutes.isChecked() else None,
+            epochs=self.budget.budget()[0],
+            minutes=self.budget.budget()[1],
             device=self.device.currentData() or "auto",
             seed=int(self.seed.value()),
             patch_size=int(self.patch_size.value()),
