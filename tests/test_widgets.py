@@ -492,3 +492,58 @@ def test_closing_the_labels_layer_mid_training_loses_nothing(viewer, qtbot):
     assert any("closed during training" in r.message for r in notification_manager.records)
     assert np.array_equal(train.state.session.given[0], original)
     assert "crop labels cleaned" in viewer.layers and "crop labels proposals" in viewer.layers
+
+
+def test_the_whole_loop_as_a_new_user(viewer, qtbot, tmp_path):
+    """Issue 4's check in one go, with the default method: train, stop, train again,
+    review (accept some, reject some), retrain with the decisions, export, then reopen
+    the exported files: exactly the accepted changes are applied and the log matches."""
+    from napari_noisyseg.core import io
+    from napari_noisyseg.engine.events import StepEvent
+
+    original = viewer.layers["crop labels"]
+    before = _hash(original.data)
+    train = _train_widget(viewer, epochs=200, preview_every=2)
+    train.method.setCurrentIndex(train.method.findData("coseg"))
+    assert train.method.currentData() == "coseg"
+    steps = []
+    train.state.job_started.connect(lambda job: job.event.connect(
+        lambda e: steps.append(e) if isinstance(e, StepEvent) else None))
+    qtbot.mouseClick(train.train_button, _left())
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=60000)
+    qtbot.mouseClick(train.stop_button, _left())
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=10000)
+    assert train.state.result.stopped
+
+    train.epochs.setValue(40)
+    _run(qtbot, train)
+    session = train.state.session
+    review = _dock(viewer, "Review")
+    assert len(review._order) >= 3, "a 40-epoch Co-Seg run on the crop should propose regions"
+    accepted, rejected = review._order[:2], review._order[2:3]
+    for region in accepted:
+        review.select(region)
+        _press(viewer, qtbot, "a")
+    for region in rejected:
+        review.select(region)
+        _press(viewer, qtbot, "r")
+    decided = {r: session.regions[r].status for r in accepted + rejected}
+    assert set(decided.values()) == {"accepted", "rejected"}
+    expected = np.array(original.data)
+    for region in accepted:
+        mask = session.region_mask(region)
+        expected[mask] = session.corrected[0][mask]
+
+    _run(qtbot, train, button=train.retrain_button)
+    assert session.round == 3 and all(session.regions[r].status == s for r, s in decided.items())
+
+    export = _dock(viewer, "Export")
+    export.folder.setText(str(tmp_path / "export"))
+    export.format.setCurrentIndex(export.format.findData(".tif"))
+    qtbot.mouseClick(export.export_button, _left())
+    cleaned, _ = io.read_labels(tmp_path / "export" / "crop_labels_cleaned.tif")
+    np.testing.assert_array_equal(cleaned, expected)
+    rows = list(csv.DictReader((tmp_path / "export" / "curation_log.csv").open()))
+    assert [(int(r["region"]), r["decision"]) for r in rows] == (
+        [(r, "accept") for r in accepted] + [(r, "reject") for r in rejected])
+    assert _hash(original.data) == before
