@@ -196,6 +196,20 @@ def cmd_evaluate(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _add_training_options(p, seed_help=None) -> None:
+    """Device, precision, seed, mode and network options shared by `train` and `compare`."""
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--mode", default="auto", choices=["auto", "2d", "stack", "volume"],
+                   help="3D files: 'volume' (default for 3D, sliced along axis 0) or 'stack' (independent slices)")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--width", type=int, default=16, help="U-Net channels at the first level")
+    p.add_argument("--depth", type=int, default=4, help="U-Net down-sampling steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .core.noise import describe_protocols
 
@@ -245,16 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=30, help="epoch budget (default 30)")
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget instead of epochs")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default="auto", choices=["auto", "2d", "stack", "volume"],
-                   help="3D files: 'volume' (default for 3D, sliced along axis 0) or 'stack' (independent slices)")
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--width", type=int, default=16, help="U-Net channels at the first level")
-    p.add_argument("--depth", type=int, default=4, help="U-Net down-sampling steps")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    _add_training_options(p, seed_help=None)
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (JSON value); repeatable")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
@@ -283,16 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget of each method instead of epochs")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="a method flags a pixel when its noise likelihood is >= this (default 0.5)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--seed", type=int, default=0, help="the same seed for every method")
-    p.add_argument("--mode", default="auto", choices=["auto", "2d", "stack", "volume"],
-                   help="3D files: 'volume' (default for 3D, sliced along axis 0) or 'stack' (independent slices)")
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--width", type=int, default=16, help="U-Net channels at the first level")
-    p.add_argument("--depth", type=int, default=4, help="U-Net down-sampling steps")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    _add_training_options(p, seed_help="the same seed for every method")
     p.add_argument("--param", action="append", metavar="[METHOD.]KEY=VALUE",
                    help="method parameter (JSON value): METHOD.KEY for one method, KEY for every compared "
                    "method that has it; repeatable")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from napari_noisyseg.core import io
@@ -54,3 +56,31 @@ def write_pairs(folder, images, labels) -> tuple:
         io.write_array(folder / "images" / f"crop{i}.tif", image)
         io.write_labels(folder / "labels" / f"crop{i}.png", label)
     return folder / "images", folder / "labels"
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+
+
+def sample_folders(root: Path, count: int, size: int, labels: str = "labels_clean"):
+    """``root/images/<stem>.tif`` and ``root/labels/<stem>.png``: size × size crops (from
+    (100, 100)) of the nuclei sample images with foreground in ``sample_data/bbbc039/<labels>``.
+
+    Returns
+    -------
+    (images folder, labels folder, list of stems)
+    """
+    stems = []
+    for image_path in io.list_files(SAMPLE / "bbbc039" / "images"):
+        stem = io.split_stem(image_path)[0]
+        label_array, _ = io.read_array(SAMPLE / "bbbc039" / labels / f"{stem}.png")
+        crop = (slice(100, 100 + size), slice(100, 100 + size))
+        if not label_array[crop].any():
+            continue
+        image, _ = io.read_array(image_path)
+        io.write_array(root / "images" / f"{stem}.tif", image[crop])
+        io.write_labels(root / "labels" / f"{stem}.png", label_array[crop])
+        stems.append(stem)
+        if len(stems) == count:
+            break
+    assert len(stems) == count
+    return root / "images", root / "labels", stems

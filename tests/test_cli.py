@@ -19,28 +19,16 @@ import pytest
 from napari_noisyseg.cli import main
 from napari_noisyseg.core import io
 
+from helpers import sample_folders
+
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 TRAIN = ["--method", "baseline", "--epochs", "2", "--patch-size", "64", "--width", "8", "--depth", "2", "--batch-size", "4",
          "--seed", "0", "--quiet"]
 
 
 def _bbbc_folder(root: Path, count: int = 3) -> tuple[Path, Path, list[str]]:
-    """``root/images/<stem>.tif`` (uint16) and ``root/labels/<stem>.png``: 128 x 128 crops with nuclei."""
-    stems = []
-    for image_path in io.list_files(SAMPLE / "bbbc039" / "images"):
-        stem = io.split_stem(image_path)[0]
-        labels, _ = io.read_array(SAMPLE / "bbbc039" / "labels_clean" / f"{stem}.png")
-        crop = (slice(100, 228), slice(100, 228))
-        if not labels[crop].any():
-            continue
-        image, _ = io.read_array(image_path)
-        io.write_array(root / "images" / f"{stem}.tif", image[crop])
-        io.write_labels(root / "labels" / f"{stem}.png", labels[crop])
-        stems.append(stem)
-        if len(stems) == count:
-            break
-    assert len(stems) == count
-    return root / "images", root / "labels", stems
+    """128 x 128 crops with nuclei and their clean labels (see helpers.sample_folders)."""
+    return sample_folders(root, count, 128, "labels_clean")
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

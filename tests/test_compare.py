@@ -30,6 +30,8 @@ from napari_noisyseg.core.agreement import (
 from napari_noisyseg.core.curation import CurationSession
 from napari_noisyseg.core.proposals import CSV_COLUMNS, find_regions, regions_to_csv
 
+from helpers import sample_folders
+
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 TINY = ["--epochs", "1", "--patch-size", "64", "--width", "8", "--depth", "2", "--batch-size", "4",
         "--seed", "0", "--device", "cpu", "--quiet"]
@@ -259,22 +261,8 @@ def test_compare_methods_stops_between_and_inside_methods():
 
 
 def _bbbc_folder(root: Path, count: int = 2, size: int = 96) -> tuple[Path, Path, list[str]]:
-    """``root/images/<stem>.tif`` and ``root/labels/<stem>.png`` (the sample's noisy labels), cropped."""
-    stems = []
-    for image_path in io.list_files(SAMPLE / "bbbc039" / "images"):
-        stem = io.split_stem(image_path)[0]
-        labels, _ = io.read_array(SAMPLE / "bbbc039" / "labels_noisy" / f"{stem}.png")
-        crop = (slice(100, 100 + size), slice(100, 100 + size))
-        if not labels[crop].any():
-            continue
-        image, _ = io.read_array(image_path)
-        io.write_array(root / "images" / f"{stem}.tif", image[crop])
-        io.write_labels(root / "labels" / f"{stem}.png", labels[crop])
-        stems.append(stem)
-        if len(stems) == count:
-            break
-    assert len(stems) == count
-    return root / "images", root / "labels", stems
+    """Crops with the sample's noisy labels (see helpers.sample_folders)."""
+    return sample_folders(root, count, size, "labels_noisy")
 
 
 @pytest.fixture(scope="module")
