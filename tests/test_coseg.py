@@ -55,9 +55,11 @@ def test_schedule_and_split():
     assert coseg.keep_ratio(0, 0.3, 10) == 1.0
     assert coseg.keep_ratio(5, 0.3, 10) == pytest.approx(0.85)
     assert coseg.keep_ratio(50, 0.3, 10) == pytest.approx(0.7)
-    assert coseg.effective_t_k(10, 100) == 10 and coseg.effective_t_k(10, 10) == pytest.approx(3.0)
+    assert coseg.effective_t_k(10, 100) == 10 and coseg.effective_t_k(10, 6) == pytest.approx(3.0)
+    # An epoch budget is the retraining's; stage 1 comes in front of it.
     assert coseg.stage1_epochs(10, 0.6) == 6 and coseg.stage1_epochs(1, 0.6) == 1
-    assert coseg.stage1_epochs(2, 0.9) == 1  # at least one epoch left to retrain
+    # A time budget is split in the same proportion, leaving at least one epoch to retrain.
+    assert coseg.timed_stage1_epochs(16, 0.6) == 6 and coseg.timed_stage1_epochs(2, 0.9) == 1
 
 
 def test_selection_keeps_small_scores_and_trusted_pixels():
@@ -85,7 +87,8 @@ def trained(crops) -> dict:
             mask[:, 40:64] = True
         trust.append(mask)
     dataset = _dataset(crops, trust=trust)
-    result = coseg.fit(dataset, _config(20, granularity="image", t_k=4))
+    # 8 retraining epochs with 12 stage-1 epochs in front: 20 in all.
+    result = coseg.fit(dataset, _config(8, granularity="image", t_k=4, stage1_ratio=1.5))
     return {"dataset": dataset, "result": result}
 
 
@@ -162,10 +165,10 @@ def test_correction_rule_leaves_frozen_pixels():
 @pytest.mark.parametrize("stop_epoch, final_from", [(1, "f+g"), (2, "f+g"), (3, "final")])
 def test_stop_returns_a_usable_result(crops, stop_epoch, final_from):
     dataset = _dataset(crops)
-    # 4 epochs: stage 1 is epochs 0-1, stage 4 epochs 2-3 (stopping in epoch 2 leaves the
+    # 2 + 2 epochs: stage 1 is epochs 0-1, stage 4 epochs 2-3 (stopping in epoch 2 leaves the
     # final network less than an epoch of training, so f and g predict).
     progress = stop_at(lambda event: event.epoch == stop_epoch)
-    result = coseg.fit(dataset, _config(4), progress)
+    result = coseg.fit(dataset, _config(2, stage1_ratio=1.0), progress)
     assert result.stopped
     assert result.history["final_from"] == final_from
     assert result.history["stage"][-1] == (1 if stop_epoch < 2 else 4)
@@ -183,8 +186,8 @@ def test_deterministic_with_seed_and_pixel_mode_keeps_trust(crops):
     trust = [np.zeros(labels.shape, bool) for labels in crops["noisy"]]
     trust[0][:, 40:64] = True
     dataset = _dataset(crops, trust=trust).subset([0, 4])
-    first = coseg.fit(dataset, _config(3, granularity="pixel"))
-    second = coseg.fit(dataset, _config(3, granularity="pixel"))
+    first = coseg.fit(dataset, _config(2, granularity="pixel"))
+    second = coseg.fit(dataset, _config(2, granularity="pixel"))
     sample = dataset.samples[0]
     assert np.array_equal(first.corrected[0][sample.trust], sample.labels[sample.trust])
     assert np.all(first.noise[0][sample.trust] == 0) and first.noise[0].max() > 0
@@ -197,10 +200,10 @@ def test_deterministic_with_seed_and_pixel_mode_keeps_trust(crops):
 
 def test_refit_warm_starts(crops):
     dataset = _dataset(crops).subset([0, 1, 4, 5])
-    first = coseg.fit(dataset, _config(3))
+    first = coseg.fit(dataset, _config(2))
     trust = [np.zeros(s.shape, bool) for s in dataset.samples]
     trust[0][:32] = True
-    second = coseg.refit(dataset.with_trust(trust), _config(2), first)
+    second = coseg.refit(dataset.with_trust(trust), _config(1), first)
     assert second.history["keep_ratio"][0] == pytest.approx(0.7)  # no second warm-up
     assert np.array_equal(second.corrected[0][:32], dataset.samples[0].labels[:32])
 
@@ -215,7 +218,7 @@ def test_cli_train_coseg(crops, tmp_path):
         io.write_labels(labels / f"crop{index}.png", crops["noisy"][index].astype(np.uint8))
     out = tmp_path / "run"
     code = main(["train", "--images", str(images), "--labels", str(labels), "--method", "coseg",
-                 "--epochs", "2", "--patch-size", "64", "--batch-size", "4", "--width", "8", "--depth", "3",
+                 "--epochs", "1", "--patch-size", "64", "--batch-size", "4", "--width", "8", "--depth", "3",
                  "--param", "granularity=\"image\"", "--out", str(out), "--quiet"])
     assert code == 0
     assert (out / "model.safetensors").is_file() and (out / "history.json").is_file()
