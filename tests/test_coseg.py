@@ -247,3 +247,43 @@ def test_collapsed_classes_flags_a_lost_class_only():
     assert coseg.collapsed_classes([pair], [pair], dataset) == []
     # Lost by both: nothing to fall back to, so not flagged.
     assert coseg.collapsed_classes([onehot(final)], [onehot(final)], dataset) == []
+
+
+def test_background_only_patches_and_learnt_classes():
+    labels = torch.zeros(3, 4, 4, dtype=torch.long)
+    labels[1, 0, 0] = 1  # a labelled object
+    prob = torch.zeros(3, 2, 4, 4)
+    prob[:, 0] = 1.0
+    prob_g = prob.clone()
+    prob_g[2, :, 1, 1] = torch.tensor([0.2, 0.8])  # g sees an object nobody labelled
+    weights = torch.ones(3, 4, 4)
+    assert coseg.background_only(labels, prob, prob_g, weights).tolist() == [True, False, False]
+    # Background-only patches are kept outside the quota; the drop applies to the rest.
+    scores = torch.tensor([0.0, 0.9, 0.1])
+    empty = coseg.background_only(labels, prob, prob_g, weights)
+    keep = coseg.select_samples(scores, 0.5, ~empty) | empty
+    assert keep.tolist() == [True, False, True]
+
+    assert coseg.stage4_start("auto", np.array([True, True])) == "fresh"
+    assert coseg.stage4_start("auto", np.array([True, False, True])) == "f"
+    assert coseg.stage4_start("fresh", np.array([True, False])) == "fresh"
+
+
+def test_unlearnt_class_keeps_its_given_labels():
+    """f and g confidently predict background everywhere: class 1 (IoU 0) is neither corrected nor masked."""
+    from types import SimpleNamespace
+
+    labels = np.zeros((8, 8), np.int64)
+    labels[2:5, 2:5] = 1
+    sample = SimpleNamespace(labels=labels, ignore=np.zeros((8, 8), bool), trust=np.zeros((8, 8), bool))
+    dataset = SimpleNamespace(samples=[sample], n_classes=2)
+    prob = np.zeros((2, 8, 8), np.float32)
+    prob[0] = 0.95
+    prob[1] = 0.05
+    iou = coseg.pair_class_iou([prob], [prob], dataset)
+    assert iou[1] == 0.0 and iou[0] == pytest.approx(55 / 64)
+    learnt = np.array([True] + [v >= 0.5 for v in iou[1:]])
+    protected = ~learnt[labels] | ~learnt[(prob + prob).argmax(0)]
+    corrected, confident, _ = coseg.correct_sample(prob, prob, labels, protected, 0.8)
+    assert np.array_equal(corrected, labels)  # the object survives
+    assert not confident[labels == 1].any() and confident[labels == 0].all()
