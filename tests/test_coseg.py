@@ -287,3 +287,22 @@ def test_unlearnt_class_keeps_its_given_labels():
     corrected, confident, _ = coseg.correct_sample(prob, prob, labels, protected, 0.8)
     assert np.array_equal(corrected, labels)  # the object survives
     assert not confident[labels == 1].any() and confident[labels == 0].all()
+
+
+def test_class_iou_on_a_subset_and_pair_agreement():
+    from types import SimpleNamespace
+
+    good = np.zeros((4, 4), np.int64)
+    good[:2] = 1
+    wrong = np.zeros((4, 4), np.int64)  # the object is missing from this sample's labels
+    prob = np.zeros((2, 4, 4), np.float32)
+    prob[1, :2] = 1.0
+    prob[0, 2:] = 1.0
+    samples = [SimpleNamespace(labels=y, ignore=np.zeros((4, 4), bool)) for y in (good, wrong)]
+    dataset = SimpleNamespace(samples=samples, n_classes=2)
+    assert coseg.pair_class_iou([prob, prob], [prob, prob], dataset)[1] == pytest.approx(0.5)
+    assert coseg.pair_class_iou([prob, prob], [prob, prob], dataset, [True, False])[1] == pytest.approx(1.0)
+    other = prob.copy()
+    other[:, 0] = other[::-1, 0]  # g moves the first row to background
+    assert coseg.pair_class_dice([prob], [other], SimpleNamespace(samples=samples[:1], n_classes=2))[1] == \
+        pytest.approx(2 * 4 / (8 + 4))
