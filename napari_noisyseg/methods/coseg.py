@@ -192,8 +192,7 @@ from ..engine.train import TrainingRun
 from .base import noise_from_probabilities, result_from_run
 
 NAME = "coseg"
-SUMMARY = ("Co-Seg: two U-Nets co-teach on small-loss samples, correct the rest, retrain a network for the "
-           "whole epoch budget (co-teaching adds 60 % more epochs in front; default).")
+SUMMARY = "Co-Seg (default): two U-Nets co-teach, correct the rest, retrain; co-teaching adds 60 % epochs."
 DEFAULTS: dict = {
     "granularity": "image",
     "epsilon": 0.3,
