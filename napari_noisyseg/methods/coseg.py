@@ -186,6 +186,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..core import metrics
 from ..core.patches import patches_per_sample
 from ..engine.losses import ce_dice_per_sample, ce_map
 from ..engine.train import TrainingRun
@@ -457,25 +458,23 @@ def stage4_start(init: str, learnt: np.ndarray) -> str:
     return "fresh" if bool(np.all(learnt)) else "f"
 
 
-def pair_class_iou(probs_f: list, probs_g: list, dataset, subset=None) -> list:
-    """Per-class IoU between the argmax of ``f + g`` and the given labels.
+def _pooled_valid(maps: list, dataset, subset=None) -> np.ndarray:
+    """The non-ignored pixels of every map in ``subset`` (bool (N,), default all), as one (1, P) map."""
+    chosen = range(len(maps)) if subset is None else np.flatnonzero(subset)
+    pixels = [maps[i][~dataset.samples[i].ignore] for i in chosen]
+    return (np.concatenate(pixels) if pixels else np.zeros(0, np.int64))[None]
+
+
+def pair_class_iou(predicted: list, dataset, subset=None) -> list:
+    """Per-class IoU between the pair's label maps ``predicted`` and the given labels.
 
     Pooled over the samples in ``subset`` (bool (N,), default all); ignored pixels
     are left out. Returns a list of K floats (NaN where a class is neither given
     nor predicted there).
     """
-    k = dataset.n_classes
-    subset = np.ones(len(dataset.samples), bool) if subset is None else np.asarray(subset, bool)
-    confusion = np.zeros((k, k), np.int64)
-    for pf, pg, sample, chosen in zip(probs_f, probs_g, dataset.samples, subset):
-        if not chosen:
-            continue
-        valid = ~sample.ignore
-        predicted = (pf + pg).argmax(0)[valid].ravel()
-        confusion += np.bincount(sample.labels[valid].ravel() * k + predicted, minlength=k * k).reshape(k, k)
-    tp = np.diag(confusion).astype(float)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    return [float(t / u) if u > 0 else float("nan") for t, u in zip(tp, union)]
+    labels = [sample.labels for sample in dataset.samples]
+    return metrics.iou_per_class(_pooled_valid(predicted, dataset, subset), _pooled_valid(labels, dataset, subset),
+                                 dataset.n_classes).tolist()
 
 
 def pair_class_dice(probs_f: list, probs_g: list, dataset) -> list:
@@ -483,14 +482,14 @@ def pair_class_dice(probs_f: list, probs_g: list, dataset) -> list:
 
     Ignored pixels are left out. Returns a list of K floats (NaN where neither predicts a class).
     """
-    k = dataset.n_classes
-    both, total = np.zeros(k, np.int64), np.zeros(k, np.int64)
-    for pf, pg, sample in zip(probs_f, probs_g, dataset.samples):
-        valid = ~sample.ignore
-        arg_f, arg_g = pf.argmax(0)[valid].ravel(), pg.argmax(0)[valid].ravel()
-        both += np.bincount(arg_f[arg_f == arg_g], minlength=k)[:k]
-        total += np.bincount(arg_f, minlength=k)[:k] + np.bincount(arg_g, minlength=k)[:k]
-    return [float(2 * b / t) if t > 0 else float("nan") for b, t in zip(both, total)]
+    arg_f, arg_g = [p.argmax(0) for p in probs_f], [p.argmax(0) for p in probs_g]
+    return metrics.dice_per_class(_pooled_valid(arg_f, dataset), _pooled_valid(arg_g, dataset),
+                                  dataset.n_classes).tolist()
+
+
+def unlearnt_pixels(learnt: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """bool (H, W): pixels whose given or predicted class is not learnt (``learnt``: bool (K,))."""
+    return ~learnt[labels] | ~learnt[predicted]
 
 
 # ----------------------------------------------------------------------------- the method
@@ -617,13 +616,10 @@ def _stage1_epoch(run, params, record, model_f, model_g, optimizer, scaler, epoc
             score_f = (lf + lg if joint else lf) + lam * disagree
             score_g = (lf + lg if joint else lg) + lam * disagree
             valid = weights.flatten(1).sum(dim=1) > 0
-            if params["keep_background_only"]:
-                empty = background_only(labels, prob_f, prob_g, weights)
-                keep_f = select_samples(score_f, ratio, valid & ~empty) | (valid & empty)
-                keep_g = select_samples(score_g, ratio, valid & ~empty) | (valid & empty)
-            else:
-                keep_f = select_samples(score_f, ratio, valid)
-                keep_g = select_samples(score_g, ratio, valid)
+            empty = (background_only(labels, prob_f, prob_g, weights) if params["keep_background_only"]
+                     else torch.zeros_like(valid))
+            keep_f = select_samples(score_f, ratio, valid & ~empty) | (valid & empty)
+            keep_g = select_samples(score_g, ratio, valid & ~empty) | (valid & empty)
             record.add(batch.samples.cpu().numpy(), keep_f.cpu().numpy(), keep_g.cpu().numpy())
             if pixel:
                 dis_pix = lam * pixel_disagreement(prob_f, prob_g)
@@ -685,10 +681,11 @@ def _stage1_outputs(run, dataset, params, record, model_f, model_g):
     """Stage 2 + 3: predictions of f and g, reliable subset, per-sample correction."""
     probs_f, probs_g = run.predict(model_f), run.predict(model_g)
     reliable = record.reliable(int(params["reliable_window"]))
+    predicted = [(pf + pg).argmax(0) for pf, pg in zip(probs_f, probs_g)]
     # Learnt: the pair reproduces the class's labels on the reliable subset (the samples
     # whose labels it trusts); on every sample where a class never occurs there.
-    iou_all = pair_class_iou(probs_f, probs_g, dataset)
-    iou = pair_class_iou(probs_f, probs_g, dataset, reliable) if reliable.any() else iou_all
+    iou_all = pair_class_iou(predicted, dataset)
+    iou = pair_class_iou(predicted, dataset, reliable) if reliable.any() else iou_all
     iou = [a if np.isnan(r) else r for r, a in zip(iou, iou_all)]
     agreement = pair_class_dice(probs_f, probs_g, dataset)
     learnt = np.array([True] + [v >= float(params["learnt_iou"]) for v in iou[1:]])
@@ -698,7 +695,7 @@ def _stage1_outputs(run, dataset, params, record, model_f, model_g):
            "class_iou": iou, "class_agreement": agreement, "learnt": learnt}
     for i, (pf, pg, sample) in enumerate(zip(probs_f, probs_g, dataset.samples)):
         # A class f and g have not learnt keeps its given labels: neither corrected nor ignored.
-        protected = ~learnt[sample.labels] | ~learnt[(pf + pg).argmax(0)]
+        protected = unlearnt_pixels(learnt, sample.labels, predicted[i])
         corrected, confident, dice_fg = correct_sample(pf, pg, sample.labels,
                                                        sample.trust | sample.ignore | protected, params["tau"])
         out["corrected"].append(corrected)
