@@ -15,7 +15,7 @@ from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.core.metrics import noise_detection_scores
 from napari_noisyseg.core.noise import simulate_noise
 from napari_noisyseg.methods import REGISTRY, TrainConfig, get_method
-from napari_noisyseg.methods import cleansing
+from napari_noisyseg.methods import base, cleansing
 
 from helpers import foreground_crops, stop_at
 
@@ -116,6 +116,39 @@ def test_filter_and_cleanse_respect_trust():
     assert np.allclose(target[1, 5:10], expected, atol=1e-6)
     keep = w >= 0.5
     assert np.all(target.argmax(0)[keep] == labels[keep])
+
+
+def test_unlearnt_class_is_never_filtered():
+    """A class the network has not learnt keeps w = 1 and stays out of the fits."""
+    rng = np.random.default_rng(1)
+    labels = np.zeros((40, 40), np.int64)
+    labels[10:30, 10:30] = 1
+    losses = np.abs(rng.normal(0.1, 0.05, labels.shape)).astype(np.float32)
+    losses[labels == 1] = rng.gamma(2.0, 1.0, int((labels == 1).sum()))  # every object pixel looks wrong
+    losses[:3] = 6.0  # a strip of mislabelled background
+    dataset = build_dataset([np.zeros((40, 40), np.float32)], [labels])
+    predicted = np.zeros_like(labels)  # the network predicts no object yet
+    recall = base.class_recall([predicted], dataset)
+    assert recall == [1.0, 0.0]
+    learnt = base.learnt_classes(recall, 0.5)
+    protected = base.unlearnt_pixels(learnt, labels, predicted)
+    assert np.array_equal(protected, labels == 1)
+    mixtures, clean = cleansing.filter_labels(dataset, [losses], 10_000, 0, [protected])
+    assert np.all(clean[0][labels == 1] == 1)
+    assert mixtures[1].degenerate  # nothing left to fit for the object class
+    assert clean[0][:3].max() < 0.05 and np.median(clean[0][3:10]) > 0.95
+
+
+def test_recall_ignores_objects_the_labels_miss():
+    """Finding unlabelled objects lowers IoU with the labels but not recall: the class is learnt."""
+    labels = np.zeros((20, 20), np.int64)
+    labels[2:6, 2:6] = 1
+    predicted = labels.copy()
+    predicted[10:18, 10:18] = 1  # a nucleus the annotator missed
+    dataset = build_dataset([np.zeros((20, 20), np.float32)], [labels])
+    assert base.class_iou([predicted], dataset)[1] == pytest.approx(16 / 80)
+    assert base.class_recall([predicted], dataset)[1] == 1.0
+    assert base.learnt_classes(base.class_recall([predicted], dataset), 0.5).all()
 
 
 # ----------------------------------------------------------------------------- training

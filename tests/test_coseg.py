@@ -14,7 +14,7 @@ import torch
 from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.core.noise import simulate_noise
 from napari_noisyseg.methods import REGISTRY, TrainConfig, get_method
-from napari_noisyseg.methods import coseg
+from napari_noisyseg.methods import base, coseg
 
 from helpers import foreground_crops, stop_at
 
@@ -280,10 +280,10 @@ def test_unlearnt_class_keeps_its_given_labels():
     prob = np.zeros((2, 8, 8), np.float32)
     prob[0] = 0.95
     prob[1] = 0.05
-    iou = coseg.pair_class_iou([(prob + prob).argmax(0)], dataset)
+    iou = base.class_iou([(prob + prob).argmax(0)], dataset)
     assert iou[1] == 0.0 and iou[0] == pytest.approx(55 / 64)
-    learnt = np.array([True] + [v >= 0.5 for v in iou[1:]])
-    protected = coseg.unlearnt_pixels(learnt, labels, (prob + prob).argmax(0))
+    learnt = base.learnt_classes(iou, 0.5)
+    protected = base.unlearnt_pixels(learnt, labels, (prob + prob).argmax(0))
     corrected, confident, _ = coseg.correct_sample(prob, prob, labels, protected, 0.8)
     assert np.array_equal(corrected, labels)  # the object survives
     assert not confident[labels == 1].any() and confident[labels == 0].all()
@@ -301,8 +301,8 @@ def test_class_iou_on_a_subset_and_pair_agreement():
     samples = [SimpleNamespace(labels=y, ignore=np.zeros((4, 4), bool)) for y in (good, wrong)]
     dataset = SimpleNamespace(samples=samples, n_classes=2)
     predicted = [prob.argmax(0), prob.argmax(0)]
-    assert coseg.pair_class_iou(predicted, dataset)[1] == pytest.approx(0.5)
-    assert coseg.pair_class_iou(predicted, dataset, [True, False])[1] == pytest.approx(1.0)
+    assert base.class_iou(predicted, dataset)[1] == pytest.approx(0.5)
+    assert base.class_iou(predicted, dataset, [True, False])[1] == pytest.approx(1.0)
     other = prob.copy()
     other[:, 0] = other[::-1, 0]  # g moves the first row to background
     assert coseg.pair_class_dice([prob], [other], SimpleNamespace(samples=samples[:1], n_classes=2))[1] == \

@@ -19,6 +19,7 @@ from napari_noisyseg.core.metrics import (
     iou_per_class,
     mean_foreground_dice,
     noise_detection_scores,
+    recall_per_class,
     to_json_safe,
 )
 
@@ -70,6 +71,9 @@ def test_dice_iou_binary_by_hand():
     np.testing.assert_allclose(dice, [20 / 22, 8 / 10])
     np.testing.assert_allclose(iou, [10 / 12, 4 / 6])
     assert mean_foreground_dice(BINARY_PRED, BINARY_TRUTH) == pytest.approx(0.8)
+    # recall = overlap / |T|: background 10 / 10, foreground 4 / 6
+    np.testing.assert_allclose(recall_per_class(BINARY_PRED, BINARY_TRUTH), [1.0, 4 / 6])
+    assert np.isnan(recall_per_class(BINARY_PRED, BINARY_TRUTH, n_classes=3)[2])
 
 
 def test_dice_iou_multiclass_absent_class_is_nan():

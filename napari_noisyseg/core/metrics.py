@@ -208,6 +208,23 @@ def iou_per_class(pred, truth, n_classes=None, ignore=None) -> np.ndarray:
     return iou.astype(np.float64)
 
 
+def recall_per_class(pred, truth, n_classes=None, ignore=None) -> np.ndarray:
+    """Recall (sensitivity) of every class: the fraction of its ``truth`` pixels ``pred`` gives it.
+
+    Parameters and conventions as :func:`dice_per_class`.
+
+    Returns
+    -------
+    ndarray of float64, shape (K,)
+        ``|P_c ∩ T_c| / |T_c|``; ``nan`` where the class is absent from ``truth``.
+    """
+    cm = _confusion(pred, truth, n_classes, ignore)
+    total = cm.sum(axis=1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(total > 0, np.diag(cm) / total, np.nan)
+    return recall.astype(np.float64)
+
+
 def mean_foreground_dice(pred, truth, n_classes=None, ignore=None) -> float:
     """Mean Dice over the foreground classes ``1..K-1`` (nanmean: absent classes skipped).
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core import metrics
+
 
 @dataclass
 class TrainConfig:
@@ -155,6 +157,60 @@ def reliability_from_noise(noise: np.ndarray, labels: np.ndarray, corrected: np.
     region = (labels > 0) | (corrected > 0)
     values = noise[region] if region.any() else noise
     return float(1.0 - values.mean()) if values.size else 1.0
+
+
+def pooled_valid(maps: list, dataset, subset=None) -> np.ndarray:
+    """The non-ignored pixels of every map in ``subset`` (bool (N,), default all), as one (1, P) map."""
+    chosen = range(len(maps)) if subset is None else np.flatnonzero(subset)
+    pixels = [maps[i][~dataset.samples[i].ignore] for i in chosen]
+    return (np.concatenate(pixels) if pixels else np.zeros(0, np.int64))[None]
+
+
+def class_iou(predicted: list, dataset, subset=None) -> list:
+    """Per-class IoU between predicted label maps and the given labels.
+
+    Parameters
+    ----------
+    predicted : list of ndarray, int (H, W)
+        One label map per sample of ``dataset``.
+    dataset : NoisyDataset
+    subset : array-like of bool (N,), optional
+        Samples to pool over (default all); ignored pixels are left out.
+
+    Returns
+    -------
+    list of K floats
+        NaN where a class is neither given nor predicted.
+    """
+    labels = [sample.labels for sample in dataset.samples]
+    return metrics.iou_per_class(pooled_valid(predicted, dataset, subset), pooled_valid(labels, dataset, subset),
+                                 dataset.n_classes).tolist()
+
+
+def class_recall(predicted: list, dataset) -> list:
+    """Per class, the fraction of its given pixels that ``predicted`` gives it, pooled over the samples.
+
+    Unlike IoU it does not fall when the network finds objects the labels miss.
+    Ignored pixels are left out. Returns K floats (NaN where a class is never given).
+    """
+    labels = [sample.labels for sample in dataset.samples]
+    return metrics.recall_per_class(pooled_valid(predicted, dataset), pooled_valid(labels, dataset),
+                                    dataset.n_classes).tolist()
+
+
+def learnt_classes(scores: list, threshold: float) -> np.ndarray:
+    """bool (K,): background always, a foreground class when its score (IoU or recall
+    against the given labels) is ≥ ``threshold``.
+
+    A network that has learnt a class reproduces most of its (mostly right) given
+    labels; one that has not would call most of them noisy.
+    """
+    return np.array([True] + [bool(v >= threshold) for v in scores[1:]])
+
+
+def unlearnt_pixels(learnt: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """bool (H, W): pixels whose given or predicted class is not learnt (``learnt``: bool (K,))."""
+    return ~learnt[labels] | ~learnt[predicted]
 
 
 def result_from_run(run, probabilities, noise, corrected, models, final_model="model", reliability=None,

@@ -190,7 +190,7 @@ from ..core import metrics
 from ..core.patches import patches_per_sample
 from ..engine.losses import ce_dice_per_sample, ce_map
 from ..engine.train import TrainingRun
-from .base import noise_from_probabilities, result_from_run
+from .base import class_iou, learnt_classes, noise_from_probabilities, pooled_valid, result_from_run, unlearnt_pixels
 
 NAME = "coseg"
 SUMMARY = "Co-Seg (default): two U-Nets co-teach, correct the rest, retrain; co-teaching adds 60 % epochs."
@@ -458,38 +458,14 @@ def stage4_start(init: str, learnt: np.ndarray) -> str:
     return "fresh" if bool(np.all(learnt)) else "f"
 
 
-def _pooled_valid(maps: list, dataset, subset=None) -> np.ndarray:
-    """The non-ignored pixels of every map in ``subset`` (bool (N,), default all), as one (1, P) map."""
-    chosen = range(len(maps)) if subset is None else np.flatnonzero(subset)
-    pixels = [maps[i][~dataset.samples[i].ignore] for i in chosen]
-    return (np.concatenate(pixels) if pixels else np.zeros(0, np.int64))[None]
-
-
-def pair_class_iou(predicted: list, dataset, subset=None) -> list:
-    """Per-class IoU between the pair's label maps ``predicted`` and the given labels.
-
-    Pooled over the samples in ``subset`` (bool (N,), default all); ignored pixels
-    are left out. Returns a list of K floats (NaN where a class is neither given
-    nor predicted there).
-    """
-    labels = [sample.labels for sample in dataset.samples]
-    return metrics.iou_per_class(_pooled_valid(predicted, dataset, subset), _pooled_valid(labels, dataset, subset),
-                                 dataset.n_classes).tolist()
-
-
 def pair_class_dice(probs_f: list, probs_g: list, dataset) -> list:
     """Per-class Dice between the argmax maps of ``f`` and of ``g``, pooled over the training set.
 
     Ignored pixels are left out. Returns a list of K floats (NaN where neither predicts a class).
     """
     arg_f, arg_g = [p.argmax(0) for p in probs_f], [p.argmax(0) for p in probs_g]
-    return metrics.dice_per_class(_pooled_valid(arg_f, dataset), _pooled_valid(arg_g, dataset),
+    return metrics.dice_per_class(pooled_valid(arg_f, dataset), pooled_valid(arg_g, dataset),
                                   dataset.n_classes).tolist()
-
-
-def unlearnt_pixels(learnt: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """bool (H, W): pixels whose given or predicted class is not learnt (``learnt``: bool (K,))."""
-    return ~learnt[labels] | ~learnt[predicted]
 
 
 # ----------------------------------------------------------------------------- the method
@@ -684,11 +660,11 @@ def _stage1_outputs(run, dataset, params, record, model_f, model_g):
     predicted = [(pf + pg).argmax(0) for pf, pg in zip(probs_f, probs_g)]
     # Learnt: the pair reproduces the class's labels on the reliable subset (the samples
     # whose labels it trusts); on every sample where a class never occurs there.
-    iou_all = pair_class_iou(predicted, dataset)
-    iou = pair_class_iou(predicted, dataset, reliable) if reliable.any() else iou_all
+    iou_all = class_iou(predicted, dataset)
+    iou = class_iou(predicted, dataset, reliable) if reliable.any() else iou_all
     iou = [a if np.isnan(r) else r for r, a in zip(iou, iou_all)]
     agreement = pair_class_dice(probs_f, probs_g, dataset)
-    learnt = np.array([True] + [v >= float(params["learnt_iou"]) for v in iou[1:]])
+    learnt = learnt_classes(iou, float(params["learnt_iou"]))
 
     out = {"probs_f": probs_f, "probs_g": probs_g, "reliable": reliable, "corrected": [], "confident": [],
            "protected": [], "dice_fg": [], "joined": np.zeros(len(dataset), bool),
