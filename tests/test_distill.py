@@ -111,6 +111,23 @@ def test_robust_target_is_the_weighted_ce():
     assert torch.allclose(soft_ce_map(logits, target), expected, atol=1e-5)
 
 
+def test_given_label_dice_leaves_out_replaced_pixels():
+    """With dice_target="given", pixels the pseudo label fully replaces (λ = 1) do not enter the Dice."""
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[:, 2:6, 2:6] = 1
+    pseudo = torch.zeros_like(labels)  # the teacher erases the object
+    logits = torch.stack([-(labels.float() * 20 - 10), labels.float() * 20 - 10], 1)  # predicts the labels
+    weights = torch.ones(1, 8, 8)
+    replaced = (labels == 1).float()  # λ = 1 on the object
+    target = distill.robust_target(labels, pseudo, replaced, 2)
+    given = distill.robust_dice(logits, target, labels, replaced, weights, "given")
+    against_target = distill.robust_dice(logits, target, labels, replaced, weights, "target")
+    kept = distill.robust_dice(logits, target, labels, torch.zeros_like(replaced), weights, "given")
+    assert float(kept) < 0.01  # λ = 0: plain Dice against the labels, which the logits match
+    assert float(against_target) > 0.4  # the target has no object left: large Dice loss
+    assert float(given) < float(against_target)
+
+
 def test_image_scores_rank_a_corrupted_image_first():
     """Constructed teacher: right on the clean truth; image 0 lost all its objects."""
     rng = np.random.default_rng(0)
