@@ -208,6 +208,11 @@ def learnt_classes(scores: list, threshold: float) -> np.ndarray:
     return np.array([True] + [bool(v >= threshold) for v in scores[1:]])
 
 
+def learnt_class_ids(learnt: np.ndarray) -> list:
+    """The learnt foreground classes of a bool (K,) ``learnt`` array, as ints (for histories)."""
+    return [int(c) for c in np.flatnonzero(learnt[1:]) + 1]
+
+
 def unlearnt_pixels(learnt: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """bool (H, W): pixels whose given or predicted class is not learnt (``learnt``: bool (K,))."""
     return ~learnt[labels] | ~learnt[predicted]

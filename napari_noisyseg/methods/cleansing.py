@@ -104,11 +104,12 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
+from ..core.metrics import to_json_safe
 from ..engine.ema import EMATeacher
 from ..engine.infer import predict_many
 from ..engine.losses import ce_dice_loss, masked_mean, soft_ce_map, soft_dice_per_sample
 from ..engine.train import TrainingRun
-from .base import class_recall, learnt_classes, result_from_run, unlearnt_pixels
+from .base import class_recall, learnt_class_ids, learnt_classes, result_from_run, unlearnt_pixels
 
 NAME = "cleansing"
 SUMMARY = ("Deep Self-Cleansing: per-class GMM on pixel losses filters noisy pixels, "
@@ -382,13 +383,10 @@ def _history(state: dict | None, robust: bool) -> dict:
         "gmm_variances": [m["variances"] for m in mixtures],
         "gmm_weights": [m["weights"] for m in mixtures],
         "filtered_fraction": state["filtered"],
-        "class_recall": _floats(state["class_recall"]),
-        "learnt_classes": [int(c) for c in np.flatnonzero(state["learnt"][1:]) + 1],
+        "class_recall": to_json_safe(state["class_recall"]),
+        "learnt_classes": learnt_class_ids(state["learnt"]),
     }
 
-
-def _floats(values) -> list:
-    return [None if np.isnan(v) else float(v) for v in values]
 
 
 # ----------------------------------------------------------------------------- method
@@ -457,7 +455,7 @@ def fit(dataset, config, events=None):
         final_model="teacher",
         history_extra={"final_gmm": [m.to_dict() for m in final["mixtures"]],
                        "final_filtered_fraction": final["filtered"],
-                       "final_class_recall": _floats(final["class_recall"]),
-                       "final_learnt_classes": [int(c) for c in np.flatnonzero(final["learnt"][1:]) + 1],
+                       "final_class_recall": to_json_safe(final["class_recall"]),
+                       "final_learnt_classes": learnt_class_ids(final["learnt"]),
                        "warmup_epochs": warmup_epochs(run, params["warmup_fraction"])},
     )

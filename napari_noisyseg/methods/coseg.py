@@ -190,7 +190,8 @@ from ..core import metrics
 from ..core.patches import patches_per_sample
 from ..engine.losses import ce_dice_per_sample, ce_map
 from ..engine.train import TrainingRun
-from .base import class_iou, learnt_classes, noise_from_probabilities, pooled_valid, result_from_run, unlearnt_pixels
+from .base import (class_iou, learnt_class_ids, learnt_classes, noise_from_probabilities, pooled_valid,
+                   result_from_run, unlearnt_pixels)
 
 NAME = "coseg"
 SUMMARY = "Co-Seg (default): two U-Nets co-teach, correct the rest, retrain; co-teaching adds 60 % epochs."
@@ -803,9 +804,9 @@ def _finish(run, dataset, params, record, model_f, model_g, stage4, state):
         "final_from": "final" if final_trained else "f+g",
         "stage4_start": stage4["start"] if stage4 is not None else None,
         "stage4_collapsed_classes": collapsed,
-        "stage1_class_iou": [None if np.isnan(v) else float(v) for v in stage1["class_iou"]],
-        "stage1_class_agreement": [None if np.isnan(v) else float(v) for v in stage1["class_agreement"]],
-        "learnt_classes": [int(c) for c in np.flatnonzero(stage1["learnt"][1:]) + 1],
+        "stage1_class_iou": metrics.to_json_safe(stage1["class_iou"]),
+        "stage1_class_agreement": metrics.to_json_safe(stage1["class_agreement"]),
+        "learnt_classes": learnt_class_ids(stage1["learnt"]),
         "reliable_samples": [n for n, r in zip(names, stage1["reliable"]) if r],
         "joined_samples": [n for n, j in zip(names, stage1["joined"]) if j],
         "rejected_samples": [n for n, r in zip(names, rejected) if r],
