@@ -149,6 +149,34 @@ def test_select_clean_uses_per_class_thresholds_and_trust():
     assert clean.all()
 
 
+def test_unlearnt_class_pixels_stay_clean():
+    """A class the branches do not reproduce yet (recall < 0.5) is never filtered, in either direction."""
+    curriculum = CurriculumThreshold(3, momentum=0.0)
+    assert curriculum.learnt(0.5).tolist() == [True, False, False]  # before any step: background only
+    # Pixels labelled 0 / 1 / 2: 95 % / 80 % / 30 % of them voted to their own class.
+    curriculum.update([90.0, 70.0, 10.0], [100.0, 100.0, 100.0], [95.0, 80.0, 30.0])
+    np.testing.assert_allclose(curriculum.recall, [0.95, 0.8, 0.3])
+    learnt = curriculum.learnt(0.5)
+    assert learnt.tolist() == [True, True, False]
+    # 4 pixels: labelled 2 with low p̄(2); labelled 0 but voted 2; labelled 1 voted 0; labelled 0 voted 1.
+    probabilities = torch.tensor([[0.8, 0.1, 0.1], [0.3, 0.1, 0.6], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
+    probabilities = probabilities.T.reshape(1, 3, 1, 4)
+    labels = torch.tensor([[[2, 0, 1, 0]]])
+    thresholds = torch.tensor([0.8, 0.5, 0.5])
+    clean, _ = select_clean(probabilities, labels, thresholds)
+    assert clean.tolist() == [[[False, False, False, False]]]
+    clean, _ = select_clean(probabilities, labels, thresholds, learnt=torch.as_tensor(learnt))
+    assert clean.tolist() == [[[True, True, False, False]]]  # only the two pixels touching class 2
+    # judge_sample: protected pixels are neither noisy nor corrected and rank below 0.5.
+    p = probabilities[0].numpy()
+    protected = ~learnt[labels[0].numpy()] | ~learnt[p.argmax(0)]
+    noise, corrected, noisy = judge_sample(p, labels[0].numpy(), thresholds.numpy(), protected=protected)
+    assert noisy.tolist() == [[False, False, True, True]]
+    assert corrected.tolist() == [[2, 0, 0, 1]]
+    np.testing.assert_allclose(noise[0, :2], [0.45, 0.35], rtol=1e-5)  # 0.5·(1 − p̄(given))
+    assert np.all(noise[0, 2:] > 0.5)
+
+
 def test_feature_discrepancy_is_cosine_similarity_and_can_be_minimised():
     torch.manual_seed(0)
     a = torch.rand(2, 8, 6, 6)
