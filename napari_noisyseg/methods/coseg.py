@@ -72,7 +72,13 @@ reliable_window : int
     Stage-1 epochs the reliable subset looks back on (3).
 correct_reliable : bool
     **(ours)** Also apply the stage-3 rule to the reliable images' training labels
-    (the paper leaves them as given; off).
+    (the paper leaves them as given; off). Measured in full mode (seed 0, test Dice,
+    default in brackets, floor 0.885 / 0.919): BBBC039 erode/dilate 0.881 (0.884),
+    Markov boundary 0.921 (0.902); with ``tau`` 0.5 as well (every pixel where f
+    and g agree takes their argmax) 0.869 and 0.888. Correcting every image does
+    not help on boundary noise: f and g, trained on the same noisy labels, put the
+    boundary where the floor does, so labels copied from them teach the floor's
+    boundary again (Dice(corrected, clean) 0.875 / 0.834, given 0.784 / 0.778).
 stage4_init : {"auto", "fresh", "f"}
     The stage-4 network starts from a fresh initialisation (the paper) or
     **(ours)** from ``f``'s weights; ``"auto"`` (default, ours) starts fresh when
