@@ -73,6 +73,43 @@ def test_summary_json_and_markdown(report):
     assert "## tiny/erode_dilate" in table and "| baseline (floor) |" in table and "| boundary prior |" in table
 
 
+def test_merge_combines_seeds_and_later_rows_win(report, tmp_path):
+    from benchmarks import merge_quality
+
+    result, (json_path, _) = report
+    saved = json.loads(json_path.read_text())
+    # A second run: seed 1 of the same setting, with known test Dice values.
+    other = json.loads(json.dumps(saved))
+    for row in other["rows"]:
+        row["seed"] = 1
+        if row.get("test"):
+            row["test"]["dice"] = 0.5
+    for entry in other["noise"]:
+        entry["seed"] = 1
+    # A rerun of one method for seed 0 (after a change): its row replaces the first run's.
+    rerun = json.loads(json.dumps(saved))
+    rerun["rows"] = [row for row in rerun["rows"] if row["row"] == "confident"]
+    rerun["rows"][0]["test"]["dice"] = 0.9
+    merged = merge_quality.merge_reports([saved, other, rerun])
+    assert merged["seeds"] == [0, 1] and len(merged["noise"]) == 2
+    summary = {s["row"]: s["metrics"] for s in merged["summary"]}
+    assert summary["confident"]["test_dice"]["n"] == 2
+    assert summary["confident"]["test_dice"]["mean"] == pytest.approx((0.9 + 0.5) / 2)
+    floor = {row["row"]: row for row in saved["rows"]}["baseline"]["test"]["dice"]
+    assert summary["baseline"]["test_dice"]["mean"] == pytest.approx((floor + 0.5) / 2)
+    assert [source["seeds"] for source in merged["sources"]] == [[0], [0], [0]]
+    # The command line writes the same tables quality.py writes.
+    inputs = []
+    for index, data in enumerate((saved, other, rerun)):
+        inputs.append(tmp_path / f"run{index}.json")
+        inputs[-1].write_text(json.dumps(data))
+    code = merge_quality.main([*map(str, inputs), "--name", "merged", "--out", str(tmp_path)])
+    assert code == 0
+    table = (tmp_path / "merged.md").read_text()
+    assert "seeds 0, 1" in table and "| confident | 0.700 ± 0.283 |" in table
+    assert merge_quality.main([str(inputs[0]), "--name", "x", "--out", str(tmp_path), "--settings", "nope"]) == 2
+
+
 def test_split_is_fixed_by_sorted_stem():
     stems = [f"s{i:02d}" for i in range(50)]
     train, test = quality.split_stems(stems[::-1], 40, 10)
