@@ -49,7 +49,7 @@ Choices marked (ours) in METHODS.md §6, and the ones made here
   labels, argmax p̄ = c on pixels labelled c, below ``learnt_recall``) is always
   clean. The curriculum alone lets a slowly learnt class be filtered against a
   low threshold while p̄(c) is still near 0: on the hippocampus (full benchmark,
-  seed 0) 41 % / 44 % of the two classes' pixels were judged noisy from epoch 3 on
+  seed 0) 44–54 % / 40–44 % of the two classes' pixels were judged noisy from epoch 3 on
   (train IoU 0.2–0.4) and the Noise Balance Loss pulled them to the voted
   background; test Dice 0.493 (class 2 0.371; floor 0.708, 0.695 / 0.720). With the
   guard: 0.653 (0.716 / 0.590), Dice(corrected, clean) 0.765 against 0.654 (given
