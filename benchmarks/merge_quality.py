@@ -23,9 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import quality  # noqa: E402  (a sibling script, not a package)
+from benchmarks import quality  # noqa: E402  (the same module the tests import)
 
 
 def merge_reports(reports: list, settings: list | None = None) -> dict:

@@ -214,7 +214,10 @@ def learnt_class_ids(learnt: np.ndarray) -> list:
 
 
 def unlearnt_pixels(learnt: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """bool (H, W): pixels whose given or predicted class is not learnt (``learnt``: bool (K,))."""
+    """bool (H, W): pixels whose given or predicted class is not learnt (``learnt``: bool (K,)).
+
+    Works on NumPy arrays and, unchanged, on torch tensors of any shape (a batch).
+    """
     return ~learnt[labels] | ~learnt[predicted]
 
 

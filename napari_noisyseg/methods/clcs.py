@@ -295,7 +295,7 @@ def select_clean(mean_probabilities, labels, thresholds, trust=None, learnt=None
     if trust is not None:
         clean = clean | trust
     if learnt is not None:
-        clean = clean | ~learnt[index] | ~learnt[mean_probabilities.argmax(1)]
+        clean = clean | unlearnt_pixels(learnt, index, mean_probabilities.argmax(1))
     return clean, given
 
 

@@ -388,7 +388,6 @@ def _history(state: dict | None, robust: bool) -> dict:
     }
 
 
-
 # ----------------------------------------------------------------------------- method
 def fit(dataset, config, events=None):
     """Warm up, then filter noisy pixels with per-class loss GMMs and learn from cleansed labels.
