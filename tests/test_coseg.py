@@ -307,3 +307,27 @@ def test_class_iou_on_a_subset_and_pair_agreement():
     other[:, 0] = other[::-1, 0]  # g moves the first row to background
     assert coseg.pair_class_dice([prob], [other], SimpleNamespace(samples=samples[:1], n_classes=2))[1] == \
         pytest.approx(2 * 4 / (8 + 4))
+
+
+def test_stage4_target_masks_uncertain_pixels_of_unjoined_samples():
+    given = np.array([[0, 1, 1, 0]])
+    corrected = np.array([[0, 1, 0, 0]])  # f and g confidently remove the third pixel
+    confident = np.array([[True, False, True, False]])
+    kept = np.array([[False, False, False, True]])  # e.g. trusted
+    base_params = dict(coseg.DEFAULTS)
+
+    labels, mask = coseg.stage4_target(given, corrected, confident, kept, True, False, base_params)
+    assert np.array_equal(labels, given) and mask.tolist() == [[1, 1, 1, 1]]  # the paper: reliable as given
+    labels, mask = coseg.stage4_target(given, corrected, confident, kept, False, False, base_params)
+    assert np.array_equal(labels, corrected) and mask.tolist() == [[1, 0, 1, 1]]  # uncertain ignored, kept kept
+    labels, mask = coseg.stage4_target(given, corrected, confident, kept, False, True, base_params)
+    assert mask.tolist() == [[1, 1, 1, 1]]  # joined: trained like a reliable sample
+
+    labels, mask = coseg.stage4_target(given, corrected, confident, kept, True, False,
+                                       dict(base_params, correct_reliable=True))
+    assert np.array_equal(labels, corrected) and mask.tolist() == [[1, 1, 1, 1]]
+    assert labels.dtype == np.int64 and mask.dtype == np.float32
+
+    with pytest.raises(ValueError, match="join_dice"):
+        coseg.check_params(dict(base_params, join_dice=-1))
+    coseg.check_params(dict(base_params, join_dice=None))  # None: corrected samples never join
