@@ -234,3 +234,23 @@ def test_cli_train_cleansing(crops, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "history.json").is_file()
     noise = io.read_array(out / "noise" / "crop0.tif")[0]
     assert noise.shape == (CROP, CROP) and 0 <= noise.min() and noise.max() <= 1
+
+
+def test_iou_plateau_rule():
+    assert not cleansing.iou_plateaued([[0.9, 0.5]], 0.02)  # one epoch: nothing to compare
+    assert not cleansing.iou_plateaued([[0.9, 0.50], [0.95, 0.60]], 0.02)  # the foreground still rises
+    assert cleansing.iou_plateaued([[0.9, 0.60], [0.91, 0.61]], 0.02)
+    assert cleansing.iou_plateaued([[0.9, None], [0.9, 0.3]], 0.02)  # a class without a value is skipped
+    assert not cleansing.iou_plateaued([[None, None], [0.9, 0.3]], 0.02)
+
+
+def test_plateau_warmup_ends_before_the_cap(crops):
+    """With a gain no IoU can reach, the warm-up ends after two epochs instead of the cap's five."""
+    dataset = _dataset(crops).subset([0, 1, 2])
+    plateau = cleansing.fit(dataset, _config(6, warmup_fraction=0.9, warmup="plateau", warmup_gain=1.0))
+    fixed = cleansing.fit(dataset, _config(6, warmup_fraction=0.9))
+    assert plateau.history["warmup_epochs"] == 2
+    assert plateau.history["stage"] == ["warmup"] * 2 + ["cleansing"] * 4
+    assert fixed.history["warmup_epochs"] == 5 and fixed.history["stage"][:5] == ["warmup"] * 5
+    with pytest.raises(ValueError, match="warmup"):
+        cleansing.fit(dataset, _config(1, warmup="adaptive"))

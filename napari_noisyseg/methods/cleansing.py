@@ -2,7 +2,8 @@
 
 Algorithm
 ---------
-1. **Warm-up** (``warmup_fraction`` of the planned epochs, at least 1): CE + Dice on
+1. **Warm-up** (``warmup_fraction`` of the planned epochs, at least 1, or shorter
+   where the IoU curve flattens first with ``warmup="plateau"``): CE + Dice on
    the given labels (the baseline objective, before the network memorises the noise).
    An EMA teacher (decay ``ema_decay``) follows the student from the first step.
 2. **Label Filtering Module**, at the start of every ``refresh_every``-th epoch after the
@@ -79,6 +80,15 @@ warmup_fraction : float, 0.5
     under Markov noise (test Dice 0.743 against the floor's 0.919); after 50 %,
     40 % and 5 %, test 0.915. Erode/dilate 0.958 → 0.963, hippocampus (with the
     learnt-class guard) 0.721 → 0.708 (floor 0.708).
+warmup : {"fixed", "plateau"}, "fixed"
+    ``"fixed"``: the warm-up lasts ``warmup_fraction`` of the planned epochs.
+    ``"plateau"`` **(ours)**: it ends earlier, after the first epoch (the second at
+    the soonest) at which no class's IoU against the given labels, tracked on the
+    epoch's training patches, rose by ``warmup_gain`` or more since the epoch
+    before: the early-learning phase is over (ADELE's reading of the IoU curve,
+    without its curve fit), and ``warmup_fraction`` stays the upper bound.
+warmup_gain : float, 0.02
+    IoU gain per epoch below which the ``"plateau"`` warm-up counts as finished.
 refresh_every : int, 1
     Epochs between two filter/cleansing refreshes after the warm-up.
 max_fit_pixels : int, 200000
@@ -117,6 +127,8 @@ SUMMARY = ("Deep Self-Cleansing: per-class GMM on pixel losses filters noisy pix
 DEFAULTS: dict = {
     "ema_decay": 0.99,
     "warmup_fraction": 0.5,
+    "warmup": "fixed",
+    "warmup_gain": 0.02,
     "refresh_every": 1,
     "max_fit_pixels": 200_000,
     "clean_threshold": 0.5,
@@ -348,6 +360,27 @@ def warmup_epochs(run, fraction: float) -> int:
     return max(1, int(round(fraction * run.planned_epochs())))
 
 
+def iou_plateaued(iou_curve: list, gain: float) -> bool:
+    """Whether the last epoch raised no class's IoU by ``gain`` or more.
+
+    Parameters
+    ----------
+    iou_curve : list of list of float or None
+        Per epoch, per class IoU against the given labels (``history["iou"]``).
+    gain : float
+
+    Returns
+    -------
+    bool
+        False with fewer than two epochs, or when no class has a value in both of
+        the last two.
+    """
+    if len(iou_curve) < 2 or iou_curve[-1] is None or iou_curve[-2] is None:
+        return False
+    pairs = [(new, old) for new, old in zip(iou_curve[-1], iou_curve[-2]) if new is not None and old is not None]
+    return bool(pairs) and all(new - old < gain for new, old in pairs)
+
+
 def soft_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, dice_weight: float,
               dice_target: str = "clean", labels: torch.Tensor | None = None,
               kept: torch.Tensor | None = None) -> torch.Tensor:
@@ -405,6 +438,8 @@ def fit(dataset, config, events=None):
     params = config.with_params(DEFAULTS)
     if int(params["refresh_every"]) < 1:
         raise ValueError("refresh_every must be >= 1")
+    if params["warmup"] not in ("fixed", "plateau"):
+        raise ValueError(f"warmup must be 'fixed' or 'plateau', not {params['warmup']!r}")
     if params["dice_target"] not in ("clean", "hard", "soft"):
         raise ValueError(f"dice_target must be 'clean', 'hard' or 'soft', not {params['dice_target']!r}")
     run = TrainingRun(dataset, config, events)
@@ -421,8 +456,13 @@ def fit(dataset, config, events=None):
         student.train()
         return noise, [p.argmax(0) for p in probabilities]
 
+    warm_end = None  # the epoch the robust phase started at
     for epoch in run.epochs():
-        warm = warmup_epochs(run, params["warmup_fraction"])
+        if warm_end is None and (epoch >= warmup_epochs(run, params["warmup_fraction"]) or (
+                params["warmup"] == "plateau"
+                and iou_plateaued(run.history.get("iou", []), float(params["warmup_gain"])))):
+            warm_end = epoch
+        warm = warm_end if warm_end is not None else epoch + 1
         robust = epoch >= warm
         if robust and (state is None or (epoch - warm) % int(params["refresh_every"]) == 0):
             state = cleanse(run, student, teacher.model, params, config.seed + 7919 * epoch, interruptible=True)
@@ -456,5 +496,5 @@ def fit(dataset, config, events=None):
                        "final_filtered_fraction": final["filtered"],
                        "final_class_recall": to_json_safe(final["class_recall"]),
                        "final_learnt_classes": learnt_class_ids(final["learnt"]),
-                       "warmup_epochs": warmup_epochs(run, params["warmup_fraction"])},
+                       "warmup_epochs": warm_end if warm_end is not None else len(run.history["epoch"])},
     )
