@@ -56,6 +56,10 @@ Outputs: ``noise`` = 1 − w and ``corrected`` = argmax of the cleansed label, b
 computed once more with the final networks; ``probabilities`` = p̂ of the final
 teacher (the final model); ``sample_reliability`` from the noise over the
 foreground (:func:`~napari_noisyseg.methods.base.reliability_from_noise`).
+The teacher is not what wins on boundary noise: with the warm-up covering the whole
+budget (``warmup_fraction=1.0``, i.e. the baseline plus an EMA teacher) the full
+benchmark's BBBC039 erode/dilate run (seed 0) gave 0.870 test Dice for the teacher
+and 0.885 for the student (the floor's own number), against 0.963 with cleansing.
 
 Cost, measured on the project's 2-core CPU, lightly loaded (bf16, width 16, depth
 4, 12 BBBC039 images of 520×696, batch 8 × 256², 9 steps per epoch of 0.48 s, 4.4 s
