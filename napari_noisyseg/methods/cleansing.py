@@ -91,6 +91,10 @@ warmup : {"fixed", "plateau"}, "fixed"
     epoch's training patches, rose by ``warmup_gain`` or more since the epoch
     before: the early-learning phase is over (ADELE's reading of the IoU curve,
     without its curve fit), and ``warmup_fraction`` stays the upper bound.
+    Measured in quick mode (16 epochs, cap 8): the warm-up ended after 4 / 6 / 4
+    epochs; erode/dilate seeds 0 / 1 / 2 0.873 / 0.779 / 0.938 against 0.870 /
+    0.771 / 0.932 with the fixed warm-up, missing + spurious seeds 0 / 1 0.875 /
+    0.789 against 0.904 / 0.807. Not the default.
 warmup_gain : float, 0.02
     IoU gain per epoch below which the ``"plateau"`` warm-up counts as finished.
 refresh_every : int, 1
