@@ -313,17 +313,17 @@ def test_stage4_target_masks_uncertain_pixels_of_unjoined_samples():
     given = np.array([[0, 1, 1, 0]])
     corrected = np.array([[0, 1, 0, 0]])  # f and g confidently remove the third pixel
     confident = np.array([[True, False, True, False]])
-    kept = np.array([[False, False, False, True]])  # e.g. trusted
+    frozen = np.array([[False, False, False, True]])  # e.g. trusted
     base_params = dict(coseg.DEFAULTS)
 
-    labels, mask = coseg.stage4_target(given, corrected, confident, kept, True, False, base_params)
+    labels, mask = coseg.stage4_target(given, corrected, confident, frozen, True, False, base_params)
     assert np.array_equal(labels, given) and mask.tolist() == [[1, 1, 1, 1]]  # the paper: reliable as given
-    labels, mask = coseg.stage4_target(given, corrected, confident, kept, False, False, base_params)
-    assert np.array_equal(labels, corrected) and mask.tolist() == [[1, 0, 1, 1]]  # uncertain ignored, kept kept
-    labels, mask = coseg.stage4_target(given, corrected, confident, kept, False, True, base_params)
+    labels, mask = coseg.stage4_target(given, corrected, confident, frozen, False, False, base_params)
+    assert np.array_equal(labels, corrected) and mask.tolist() == [[1, 0, 1, 1]]  # uncertain ignored, frozen kept
+    labels, mask = coseg.stage4_target(given, corrected, confident, frozen, False, True, base_params)
     assert mask.tolist() == [[1, 1, 1, 1]]  # joined: trained like a reliable sample
 
-    labels, mask = coseg.stage4_target(given, corrected, confident, kept, True, False,
+    labels, mask = coseg.stage4_target(given, corrected, confident, frozen, True, False,
                                        dict(base_params, correct_reliable=True))
     assert np.array_equal(labels, corrected) and mask.tolist() == [[1, 1, 1, 1]]
     assert labels.dtype == np.int64 and mask.dtype == np.float32

@@ -383,7 +383,7 @@ def iou_plateaued(iou_curve: list, gain: float) -> bool:
         False with fewer than two epochs, or when no class has a value in both of
         the last two.
     """
-    if len(iou_curve) < 2 or iou_curve[-1] is None or iou_curve[-2] is None:
+    if len(iou_curve) < 2:
         return False
     pairs = [(new, old) for new, old in zip(iou_curve[-1], iou_curve[-2]) if new is not None and old is not None]
     return bool(pairs) and all(new - old < gain for new, old in pairs)
@@ -470,9 +470,8 @@ def fit(dataset, config, events=None):
                 params["warmup"] == "plateau"
                 and iou_plateaued(run.history.get("iou", []), float(params["warmup_gain"])))):
             warm_end = epoch
-        warm = warm_end if warm_end is not None else epoch + 1
-        robust = epoch >= warm
-        if robust and (state is None or (epoch - warm) % int(params["refresh_every"]) == 0):
+        robust = warm_end is not None
+        if robust and (state is None or (epoch - warm_end) % int(params["refresh_every"]) == 0):
             state = cleanse(run, student, teacher.model, params, config.seed + 7919 * epoch, interruptible=True)
             if state is None or run.should_stop():
                 break

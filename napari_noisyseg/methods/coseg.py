@@ -683,22 +683,21 @@ def _stage1_outputs(run, dataset, params, record, model_f, model_g):
     learnt = learnt_classes(iou, float(params["learnt_iou"]))
 
     out = {"probs_f": probs_f, "probs_g": probs_g, "reliable": reliable, "corrected": [], "confident": [],
-           "protected": [], "dice_fg": [], "joined": np.zeros(len(dataset), bool),
+           "frozen": [], "dice_fg": [], "joined": np.zeros(len(dataset), bool),
            "class_iou": iou, "class_agreement": agreement, "learnt": learnt}
     for i, (pf, pg, sample) in enumerate(zip(probs_f, probs_g, dataset.samples)):
         # A class f and g have not learnt keeps its given labels: neither corrected nor ignored.
-        protected = unlearnt_pixels(learnt, sample.labels, predicted[i])
-        corrected, confident, dice_fg = correct_sample(pf, pg, sample.labels,
-                                                       sample.trust | sample.ignore | protected, params["tau"])
+        frozen = sample.trust | sample.ignore | unlearnt_pixels(learnt, sample.labels, predicted[i])
+        corrected, confident, dice_fg = correct_sample(pf, pg, sample.labels, frozen, params["tau"])
         out["corrected"].append(corrected)
         out["confident"].append(confident)
-        out["protected"].append(protected)
+        out["frozen"].append(frozen)
         out["dice_fg"].append(dice_fg)
         out["joined"][i] = (not reliable[i]) and params["join_dice"] is not None and dice_fg >= params["join_dice"]
     return out
 
 
-def stage4_target(given, corrected, confident, kept, reliable: bool, joined: bool, params: dict):
+def stage4_target(given, corrected, confident, frozen, reliable: bool, joined: bool, params: dict):
     """Training labels and pixel weights of one sample for the stage-4 network.
 
     Parameters
@@ -707,9 +706,10 @@ def stage4_target(given, corrected, confident, kept, reliable: bool, joined: boo
         The given labels and the stage-3 correction (see :func:`correct_sample`).
     confident : ndarray bool (H, W)
         Where ``f`` and ``g`` agree with mean confidence ≥ ``tau``.
-    kept : ndarray bool (H, W)
-        Pixels never masked here: trusted pixels, pixels without a label (their
-        weight is 0 already) and pixels of classes the pair has not learnt.
+    frozen : ndarray bool (H, W)
+        Pixels the correction left alone and that are never masked here: trusted
+        pixels, pixels without a label (their weight is 0 already) and pixels of
+        classes the pair has not learnt.
     reliable, joined : bool
         The sample is in the reliable subset / joined it after correction.
     params : dict
@@ -719,13 +719,13 @@ def stage4_target(given, corrected, confident, kept, reliable: bool, joined: boo
     -------
     labels : ndarray int64 (H, W)
     mask : ndarray float32 (H, W)
-        0 on the uncertain pixels (not confident, not kept) of a corrected sample
+        0 on the uncertain pixels (not confident, not frozen) of a corrected sample
         that did not join the reliable set; 1 elsewhere.
     """
     labels = given if reliable and not params["correct_reliable"] else corrected
     if reliable or joined:
         return labels.astype(np.int64), np.ones(given.shape, np.float32)
-    uncertain = ~confident & ~kept
+    uncertain = ~confident & ~frozen
     return labels.astype(np.int64), (~uncertain).astype(np.float32)
 
 
@@ -735,8 +735,8 @@ def _prepare_stage4(run, dataset, params, record, model_f, model_g, previous):
     labels, masks = [], []
     for i, sample in enumerate(dataset.samples):
         target, mask = stage4_target(sample.labels, stage1["corrected"][i], stage1["confident"][i],
-                                     stage1["protected"][i] | sample.trust | sample.ignore,
-                                     bool(stage1["reliable"][i]), bool(stage1["joined"][i]), params)
+                                     stage1["frozen"][i], bool(stage1["reliable"][i]), bool(stage1["joined"][i]),
+                                     params)
         labels.append(target)
         masks.append(mask)
     model, optimizer = run.new_model(seed_offset=2)
