@@ -271,6 +271,25 @@ def test_outputs_find_noise_and_keep_trust(trained, dataset, crops):
     assert corrected > given + 0.05
 
 
+def test_training_guard_and_output_guard_are_separate(dataset):
+    # learnt_recall 1.0: the nuclei class never counts as learnt for training, so its
+    # pixels are never selected away; the outputs are judged with their own bar.
+    guarded = {**TINY_PARAMS, "learnt_recall": 1.0}
+    judged = fit(dataset, tiny_config(params={**guarded, "judge_recall": 0.0}))
+    protected = fit(dataset, tiny_config(params={**guarded, "judge_recall": 1.0}))
+    for result in (judged, protected):
+        assert result.history["final_learnt_classes"] == []
+        assert all(fraction[1] == 1.0 for fraction in result.history["clean_fraction"])
+    # Same training (same seed, same selection), different judgement of the outputs.
+    for a, b in zip(judged.probabilities, protected.probabilities):
+        np.testing.assert_array_equal(a, b)
+    assert judged.history["final_judged_classes"] == [1] and protected.history["final_judged_classes"] == []
+    nuclei = [(s.labels == 1) | (p.argmax(0) == 1) for s, p in zip(dataset.samples, protected.probabilities)]
+    assert not any((n[m] >= 0.5).any() for n, m in zip(protected.noise, nuclei))
+    assert all(np.array_equal(c[m], s.labels[m]) for c, m, s in zip(protected.corrected, nuclei, dataset.samples))
+    assert sum(int((n[m] >= 0.5).sum()) for n, m in zip(judged.noise, nuclei)) > 0
+
+
 def test_deterministic_and_previews_do_not_disturb_training(dataset):
     first = fit(dataset, tiny_config(epochs=2))
     log = EventLog()
