@@ -151,6 +151,33 @@ def test_image_scores_rank_a_corrupted_image_first():
     assert distill.select_noisy_images([0.2, 0.2, 0.1], 0.2).tolist() == [True, False, False]
 
 
+def test_classes_the_teacher_has_not_learnt_keep_their_given_labels():
+    """Constructed teacher that misses most of class 2: its pixels get λ = 0 under the guard."""
+    given = np.zeros((2, 32, 32), np.int64)
+    given[:, 4:14, 4:14] = 1
+    given[:, 18:28, 18:28] = 2
+    teacher_class = given.copy()
+    teacher_class[:, 18:28, 18:26] = 0  # the teacher reproduces 20 % of class 2, all of class 1
+    teacher_class[:, 4:6, 4:14] = 0  # ... and disputes two rows of class 1 (recall 0.8)
+    means = [np.where(t[None] == np.arange(3)[:, None, None], 0.94, 0.03).astype(np.float32)
+             for t in teacher_class]
+    images = [np.zeros((32, 32), np.float32)] * 2
+    run = SimpleNamespace(dataset=build_dataset(images, list(given), n_classes=3))
+    guarded = distill.teacher_maps(run, means, band=3, learnt_recall=0.5)
+    unguarded = distill.teacher_maps(run, means, band=3)
+    assert guarded["class_recall"][1:] == pytest.approx([0.8, 0.2])
+    assert guarded["learnt"].tolist() == [True, True, False]
+    class2 = given[0] == 2
+    assert np.all(guarded["weight"][0][class2] == 0) and np.all(guarded["protected"][0][class2])
+    assert unguarded["weight"][0][class2 & (teacher_class[0] == 0)].min() > 0.5
+    # The learnt class is still corrected where the teacher disputes it; the noise map is unchanged.
+    disputed = (given[0] == 1) & (teacher_class[0] == 0)
+    assert guarded["weight"][0][disputed].min() > 0.5
+    np.testing.assert_array_equal(guarded["noise"][0], unguarded["noise"][0])
+    weights = distill.training_weights(run, guarded, np.array([True, False]))
+    assert np.all(weights[0][class2] == 0) and np.all(weights[0][~guarded["protected"][0]] == 1)
+
+
 # ----------------------------------------------------------------------------- training
 def test_registry_and_params():
     assert REGISTRY["distill"] == "napari_noisyseg.methods.distill"
@@ -189,7 +216,8 @@ def test_trusted_pixels_never_change(trained):
     assert np.all(result.noise[1][sample.trust] == 0)
     assert np.array_equal(result.corrected[1][sample.trust], sample.labels[sample.trust])
     # Training side: trusted pixels keep the given label even in a selected image.
-    maps = {"weight": [np.full(s.shape, 0.7, np.float32) for s in dataset.samples]}
+    maps = {"weight": [np.full(s.shape, 0.7, np.float32) for s in dataset.samples],
+            "protected": [np.zeros(s.shape, bool) for s in dataset.samples]}
     selected = np.zeros(6, bool)
     selected[1] = True
     weights = distill.training_weights(SimpleNamespace(dataset=dataset), maps, selected)
