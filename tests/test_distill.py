@@ -178,6 +178,31 @@ def test_classes_the_teacher_has_not_learnt_keep_their_given_labels():
     assert np.all(weights[0][class2] == 0) and np.all(weights[0][~guarded["protected"][0]] == 1)
 
 
+def test_output_guard_keeps_the_labels_of_an_unlearnt_class():
+    """Same constructed teacher: its corrections of class 2 (recall 0.2) are withheld, its
+    noise there halved below the correction bar; class 1's disputed rows are still corrected."""
+    given = np.zeros((1, 32, 32), np.int64)
+    given[:, 4:14, 4:14] = 1
+    given[:, 18:28, 18:28] = 2
+    teacher_class = given.copy()
+    teacher_class[:, 18:28, 18:26] = 0
+    teacher_class[:, 4:6, 4:14] = 0
+    means = [np.where(t[None] == np.arange(3)[:, None, None], 0.94, 0.03).astype(np.float32)
+             for t in teacher_class]
+    run = SimpleNamespace(dataset=build_dataset([np.zeros((32, 32), np.float32)], list(given), n_classes=3))
+    unguarded = distill.teacher_maps(run, means, band=3)
+    noise_open, corrected_open = distill.curation_outputs(run, means, unguarded, 0.5)
+    noise, corrected = distill.curation_outputs(run, means, distill.teacher_maps(run, means, 3, 0.5), 0.5)
+    missed = (given[0] == 2) & (teacher_class[0] == 0)
+    disputed = (given[0] == 1) & (teacher_class[0] == 0)
+    assert np.all(corrected_open[0][missed] == 0) and noise_open[0][missed].min() > 0.5
+    np.testing.assert_array_equal(corrected[0][given[0] == 2], 2)
+    np.testing.assert_allclose(noise[0][missed], 0.5 * noise_open[0][missed], rtol=1e-6)
+    assert noise[0][missed].max() <= 0.5
+    assert np.all(corrected[0][disputed] == 0)
+    np.testing.assert_array_equal(noise[0][given[0] != 2], noise_open[0][given[0] != 2])
+
+
 # ----------------------------------------------------------------------------- training
 def test_registry_and_params():
     assert REGISTRY["distill"] == "napari_noisyseg.methods.distill"
