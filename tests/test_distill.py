@@ -193,6 +193,7 @@ def test_output_guard_keeps_the_labels_of_an_unlearnt_class():
     unguarded = distill.teacher_maps(run, means, band=3)
     noise_open, corrected_open = distill.curation_outputs(run, means, unguarded, 0.5)
     noise, corrected = distill.curation_outputs(run, means, distill.teacher_maps(run, means, 3, 0.5), 0.5)
+    assert np.array_equal(distill.curation_outputs(run, means, unguarded, 0.5, "noise")[1][0], corrected_open[0])
     missed = (given[0] == 2) & (teacher_class[0] == 0)
     disputed = (given[0] == 1) & (teacher_class[0] == 0)
     assert np.all(corrected_open[0][missed] == 0) and noise_open[0][missed].min() > 0.5
@@ -201,6 +202,25 @@ def test_output_guard_keeps_the_labels_of_an_unlearnt_class():
     assert noise[0][missed].max() <= 0.5
     assert np.all(corrected[0][disputed] == 0)
     np.testing.assert_array_equal(noise[0][given[0] != 2], noise_open[0][given[0] != 2])
+
+
+def test_unsure_disagreement_is_corrected_only_by_the_noise_rule():
+    """The teacher prefers class 1 on a class-2 pixel but is unsure (0.45 / 0.40): n > 0.5
+    (METHODS.md's rule corrects it), λ = n·(1 − u) < 0.5 (the default keeps the label);
+    a sure disagreement (0.94 against 0.03) is corrected by both."""
+    given = np.full((1, 8, 8), 2, np.int64)
+    mean = np.zeros((3, 8, 8), np.float32)
+    mean[:, :4] = np.array([0.15, 0.45, 0.40])[:, None, None]
+    mean[:, 4:] = np.array([0.03, 0.94, 0.03])[:, None, None]
+    run = SimpleNamespace(dataset=build_dataset([np.zeros((8, 8), np.float32)], list(given), n_classes=3))
+    maps = distill.teacher_maps(run, [mean], band=3)
+    assert maps["noise"][0][:4].min() > 0.5 and maps["weight"][0][:4].max() < 0.5
+    _, by_weight = distill.curation_outputs(run, [mean], maps, 0.5)
+    _, by_noise = distill.curation_outputs(run, [mean], maps, 0.5, "noise")
+    np.testing.assert_array_equal(by_weight[0][:4], 2)
+    np.testing.assert_array_equal(by_noise[0][:4], 1)
+    np.testing.assert_array_equal(by_weight[0][4:], 1)
+    np.testing.assert_array_equal(by_noise[0][4:], 1)
 
 
 # ----------------------------------------------------------------------------- training
