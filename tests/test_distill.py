@@ -151,18 +151,28 @@ def test_image_scores_rank_a_corrupted_image_first():
     assert distill.select_noisy_images([0.2, 0.2, 0.1], 0.2).tolist() == [True, False, False]
 
 
-def test_classes_the_teacher_has_not_learnt_keep_their_given_labels():
-    """Constructed teacher that misses most of class 2: its pixels get λ = 0 under the guard."""
-    given = np.zeros((2, 32, 32), np.int64)
+def constructed_teacher(n_samples: int):
+    """Given labels with classes 1 and 2 on 32² samples, and a teacher's p̄ that reproduces
+    all of class 1 but two disputed rows (recall 0.8) and 20 % of class 2.
+
+    Returns given (N, 32, 32) int64, the teacher's classes (same), p̄ per sample and a run.
+    """
+    given = np.zeros((n_samples, 32, 32), np.int64)
     given[:, 4:14, 4:14] = 1
     given[:, 18:28, 18:28] = 2
     teacher_class = given.copy()
-    teacher_class[:, 18:28, 18:26] = 0  # the teacher reproduces 20 % of class 2, all of class 1
-    teacher_class[:, 4:6, 4:14] = 0  # ... and disputes two rows of class 1 (recall 0.8)
+    teacher_class[:, 18:28, 18:26] = 0
+    teacher_class[:, 4:6, 4:14] = 0
     means = [np.where(t[None] == np.arange(3)[:, None, None], 0.94, 0.03).astype(np.float32)
              for t in teacher_class]
-    images = [np.zeros((32, 32), np.float32)] * 2
+    images = [np.zeros((32, 32), np.float32)] * n_samples
     run = SimpleNamespace(dataset=build_dataset(images, list(given), n_classes=3))
+    return given, teacher_class, means, run
+
+
+def test_classes_the_teacher_has_not_learnt_keep_their_given_labels():
+    """Constructed teacher that misses most of class 2: its pixels get λ = 0 under the guard."""
+    given, teacher_class, means, run = constructed_teacher(2)
     guarded = distill.teacher_maps(run, means, band=3, learnt_recall=0.5)
     unguarded = distill.teacher_maps(run, means, band=3)
     assert guarded["class_recall"][1:] == pytest.approx([0.8, 0.2])
@@ -181,15 +191,7 @@ def test_classes_the_teacher_has_not_learnt_keep_their_given_labels():
 def test_output_guard_keeps_the_labels_of_an_unlearnt_class():
     """Same constructed teacher: its corrections of class 2 (recall 0.2) are withheld, its
     noise there halved below the correction bar; class 1's disputed rows are still corrected."""
-    given = np.zeros((1, 32, 32), np.int64)
-    given[:, 4:14, 4:14] = 1
-    given[:, 18:28, 18:28] = 2
-    teacher_class = given.copy()
-    teacher_class[:, 18:28, 18:26] = 0
-    teacher_class[:, 4:6, 4:14] = 0
-    means = [np.where(t[None] == np.arange(3)[:, None, None], 0.94, 0.03).astype(np.float32)
-             for t in teacher_class]
-    run = SimpleNamespace(dataset=build_dataset([np.zeros((32, 32), np.float32)], list(given), n_classes=3))
+    given, teacher_class, means, run = constructed_teacher(1)
     unguarded = distill.teacher_maps(run, means, band=3)
     noise_open, corrected_open = distill.curation_outputs(run, means, unguarded, 0.5)
     noise, corrected = distill.curation_outputs(run, means, distill.teacher_maps(run, means, 3, 0.5), 0.5)

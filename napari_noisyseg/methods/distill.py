@@ -92,9 +92,10 @@ Algorithm
    erode/dilate, missing + spurious and Markov against the given 0.783 / 0.770 /
    0.787, where n gave 0.836 / 0.924 / 0.806 but fell below the given labels on two
    of the nine runs (same teachers; on the hippocampus, with the teachers from before
-   the learnt-class guard, n gave 0.525 against the given 0.735; λ now 0.755). The noise map stays n: λ as the map ranked the true noise no
-   better (AP 0.54 / 0.52 / 0.46 against 0.55 / 0.53 / 0.44 on the hippocampus,
-   0.43 against 0.50 on erode/dilate, 0.64 against 0.49 on Markov).
+   the learnt-class guard, n gave 0.525 against the given 0.735; λ now 0.755).
+   The noise map stays n: λ as the map ranked the true noise no better (AP 0.54 /
+   0.52 / 0.46 against 0.55 / 0.53 / 0.44 on the hippocampus, 0.43 against 0.50 on
+   erode/dilate, 0.64 against 0.49 on Markov).
 
 Outputs: ``noise`` = n (the METHODS.md formula, uncertainty included; halved on
 the pixels step 7 guards) and ``corrected`` (step 8; given label elsewhere), both
