@@ -118,6 +118,30 @@ def test_filter_and_cleanse_respect_trust():
     assert np.all(target.argmax(0)[keep] == labels[keep])
 
 
+def test_pixels_the_network_reproduces_are_never_filtered():
+    """With ``agreeing`` "keep", w < 0.5 filters a pixel only where the student's argmax differs from its label."""
+    labels = np.zeros((4, 4), np.int64)
+    labels[:2] = 1
+    w = np.full((4, 4), 0.9, np.float32)
+    w[0, :2] = 0.1  # the mixture calls these wrong ...
+    w[3, :2] = 0.2
+    predicted = labels.copy()
+    predicted[3, :2] = 1  # ... and the network disagrees only here
+    kept = cleansing.keep_agreeing(w, predicted, labels, 0.5)
+    assert kept.dtype == np.float32
+    assert np.allclose(kept[0, :2], 0.5) and np.allclose(kept[3, :2], 0.2)
+    assert np.array_equal(kept[w >= 0.5], w[w >= 0.5])  # unflagged pixels keep their w
+    teacher = np.stack([np.zeros((4, 4)), np.ones((4, 4))]).astype(np.float32)
+    target = cleansing.cleansed_targets(labels, kept, teacher, 0.5)
+    assert np.array_equal(target.argmax(0)[0], labels[0])  # reproduced: not cleansed
+    assert np.all(target.argmax(0)[3, :2] == 1)  # disagreed and flagged: cleansed
+    # Background only (the default): the reproduced object pixels may still be filtered.
+    only_background = cleansing.keep_agreeing(w, predicted, labels, 0.5, classes=(0,))
+    assert np.allclose(only_background[0, :2], 0.1) and np.allclose(only_background[3, :2], 0.2)
+    w[2, 0] = 0.3  # reproduced background, flagged by the mixture
+    assert cleansing.keep_agreeing(w, predicted, labels, 0.5, classes=(0,))[2, 0] == 0.5
+
+
 def test_unlearnt_class_is_never_filtered():
     """A class the network has not learnt keeps w = 1 and stays out of the fits."""
     rng = np.random.default_rng(1)
