@@ -162,6 +162,10 @@ PROFILES = {
 SETTINGS = [
     Setting("bbbc039/erode_dilate", "bbbc039", "erode_dilate", 1.0, 1.0, {"radius": (2, 5)},
             note="every image, each nucleus eroded or dilated by r ~ U{2..5} px"),
+    # Co-Seg's own regime (sample-level noise): image sifting needs clean images to find.
+    Setting("bbbc039/erode_dilate_half", "bbbc039", "erode_dilate", 0.5, 1.0, {"radius": (2, 5)},
+            note="half the images (alpha = 0.5), each nucleus eroded or dilated by r ~ U{2..5} px; "
+                 "the others clean", quick=False),
     Setting("bbbc039/missing+spurious", "bbbc039", "missing+spurious", 1.0, 1.0, {"p": 0.3},
             note="30% of nuclei dropped, then false blobs added (p = 0.3)"),
     Setting("bbbc039/markov_boundary", "bbbc039", "markov_boundary", 1.0, 1.0, {"steps": 70},
