@@ -129,8 +129,10 @@ def test_pixels_the_network_reproduces_are_never_filtered():
     predicted[3, :2] = 1  # ... and the network disagrees only here
     kept = cleansing.keep_agreeing(w, predicted, labels, 0.5)
     assert kept.dtype == np.float32
-    assert np.allclose(kept[0, :2], 0.5) and np.allclose(kept[3, :2], 0.2)
-    assert np.array_equal(kept[w >= 0.5], w[w >= 0.5])  # unflagged pixels keep their w
+    assert np.allclose(kept[0, :2], 0.55) and np.allclose(kept[3, :2], 0.2)
+    assert np.allclose(kept[1:3], 0.95)  # reproduced: noise halved, ranking kept
+    assert kept.min() == pytest.approx(0.2) and (kept >= 0.5).sum() == 14
+    assert np.array_equal(kept < 0.5, (w < 0.5) & (predicted != labels))  # the filtered pixels
     teacher = np.stack([np.zeros((4, 4)), np.ones((4, 4))]).astype(np.float32)
     target = cleansing.cleansed_targets(labels, kept, teacher, 0.5)
     assert np.array_equal(target.argmax(0)[0], labels[0])  # reproduced: not cleansed
@@ -138,8 +140,9 @@ def test_pixels_the_network_reproduces_are_never_filtered():
     # Background only (the default): the reproduced object pixels may still be filtered.
     only_background = cleansing.keep_agreeing(w, predicted, labels, 0.5, classes=(0,))
     assert np.allclose(only_background[0, :2], 0.1) and np.allclose(only_background[3, :2], 0.2)
+    assert np.allclose(only_background[1], 0.9)  # reproduced object pixels keep their w
     w[2, 0] = 0.3  # reproduced background, flagged by the mixture
-    assert cleansing.keep_agreeing(w, predicted, labels, 0.5, classes=(0,))[2, 0] == 0.5
+    assert cleansing.keep_agreeing(w, predicted, labels, 0.5, classes=(0,))[2, 0] == pytest.approx(0.65)
 
 
 def test_unlearnt_class_is_never_filtered():

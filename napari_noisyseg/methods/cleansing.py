@@ -117,8 +117,8 @@ learnt_recall : float, 0.5
 agreeing : {"keep_background", "keep", "filter"}, "keep_background"
     **(ours)** Whether a pixel whose given label the student's argmax reproduces
     can be filtered. ``"filter"``: yes, w alone decides (the paper). ``"keep"``:
-    no, such pixels get w = max(w, ``clean_threshold``) (never filtered, noise
-    ≤ 1 − ``clean_threshold``). ``"keep_background"``: no for background pixels,
+    no, such pixels are never filtered and their noise is scaled by
+    1 − ``clean_threshold`` (:func:`keep_agreeing`). ``"keep_background"``: no for background pixels,
     yes for object pixels. Why background: the Dice term covers the object classes
     on the unfiltered pixels only, so a filtered background pixel no longer counts
     an object prediction there as a false positive and only its soft CE target,
@@ -326,17 +326,30 @@ def filter_labels(dataset, losses: list, max_samples: int, seed: int,
 
 def keep_agreeing(clean: np.ndarray, predicted: np.ndarray, labels: np.ndarray, threshold: float,
                   classes=None) -> np.ndarray:
-    """Raise w to ``threshold`` where the student's argmax is the given label; float32 (H, W).
+    """Map w into [threshold, 1] where the student's argmax is the given label; float32 (H, W).
 
-    Such pixels are never filtered and their noise ``1 − w`` is at most
-    ``1 − threshold``: the network reproduces their label, so the loss mixture's
-    verdict alone does not overrule it.
+    There ``w' = threshold + (1 − threshold)·w``: such pixels are never filtered
+    (the network reproduces their label, so the loss mixture's verdict alone does
+    not overrule it) and their noise ``1 − w'`` is ``(1 − threshold)·(1 − w)``,
+    which keeps the mixture's ranking among them for the noise map.
+
+    Parameters
+    ----------
+    clean : ndarray float (H, W)
+        w from :func:`filter_labels`.
+    predicted, labels : ndarray int (H, W)
+        The student's argmax and the given labels.
+    threshold : float
+        ``clean_threshold``.
+    classes : tuple of int or None
+        Only pixels labelled with these classes (None: every class).
     """
     labels = np.asarray(labels)
     agree = np.asarray(predicted) == labels
     if classes is not None:
         agree &= np.isin(labels, classes)
-    return np.where(agree, np.maximum(clean, threshold), clean).astype(np.float32)
+    clean = np.asarray(clean, np.float32)
+    return np.where(agree, threshold + (1.0 - threshold) * clean, clean).astype(np.float32)
 
 
 def cleansed_targets(labels: np.ndarray, clean: np.ndarray, teacher: np.ndarray, threshold: float) -> np.ndarray:
