@@ -211,6 +211,20 @@ def test_real_run_finds_the_missing_nuclei(trained, crops):
     assert restored > 0.2 * sum(np.count_nonzero(m) for m in crops["masks"])
 
 
+def test_final_filter_judged_by_the_teacher(trained):
+    """``final_judge="teacher"`` changes the outputs' judge only: same training, teacher's recall."""
+    dataset, result = trained
+    judged = cleansing.fit(dataset, _config(8, final_judge="teacher"))
+    for a, b in zip(judged.probabilities, result.probabilities):
+        np.testing.assert_array_equal(a, b)  # training and final model unchanged
+    # The outputs are the teacher's with a flip averaged in; the judge sees it without the flip.
+    teacher_recall = base.class_recall([p.argmax(0) for p in judged.probabilities], dataset)
+    assert judged.history["final_class_recall"] == pytest.approx(teacher_recall, abs=0.02)
+    assert all(np.all(n[s.trust] == 0) for n, s in zip(judged.noise, dataset.samples))
+    with pytest.raises(ValueError, match="final_judge"):
+        cleansing.fit(dataset, _config(1, final_judge="ensemble"))
+
+
 def test_trusted_pixels_never_change(trained):
     dataset, result = trained
     sample = dataset.samples[0]
