@@ -119,7 +119,8 @@ def test_filter_and_cleanse_respect_trust():
 
 
 def test_pixels_the_network_reproduces_are_never_filtered():
-    """With ``agreeing`` "keep", w < 0.5 filters a pixel only where the student's argmax differs from its label."""
+    """With ``agreeing`` "keep", w < 0.5 filters a pixel only where the student's argmax
+    differs from its label."""
     labels = np.zeros((4, 4), np.int64)
     labels[:2] = 1
     w = np.full((4, 4), 0.9, np.float32)

@@ -118,8 +118,8 @@ agreeing : {"keep_background", "keep", "filter"}, "keep_background"
     **(ours)** Whether a pixel whose given label the student's argmax reproduces
     can be filtered. ``"filter"``: yes, w alone decides (the paper). ``"keep"``:
     no, such pixels are never filtered and their noise is scaled by
-    1 − ``clean_threshold`` (:func:`keep_agreeing`). ``"keep_background"``: no for background pixels,
-    yes for object pixels. Why background: the Dice term covers the object classes
+    1 − ``clean_threshold`` (:func:`keep_agreeing`). ``"keep_background"``: no
+    for background pixels, yes for object pixels. Why background: the Dice term covers the object classes
     on the unfiltered pixels only, so a filtered background pixel no longer counts
     an object prediction there as a false positive and only its soft CE target,
     mixed with the teacher's, holds the boundary; when the mixture flags far more
@@ -185,6 +185,7 @@ DEFAULTS: dict = {
 }
 
 AGREEING = ("keep_background", "keep", "filter")
+FINAL_JUDGES = ("student", "teacher")
 MIN_FIT_PIXELS = 16
 # Added to each component's variance, in normalised loss units (DivideMix's value): a
 # spike of identical tiny losses cannot collapse the clean component to a point.
@@ -520,8 +521,8 @@ def fit(dataset, config, events=None):
         raise ValueError("refresh_every must be >= 1")
     if params["warmup"] not in ("fixed", "plateau"):
         raise ValueError(f"warmup must be 'fixed' or 'plateau', not {params['warmup']!r}")
-    if params["final_judge"] not in ("student", "teacher"):
-        raise ValueError(f"final_judge must be 'student' or 'teacher', not {params['final_judge']!r}")
+    if params["final_judge"] not in FINAL_JUDGES:
+        raise ValueError(f"final_judge must be one of {FINAL_JUDGES}, not {params['final_judge']!r}")
     if params["agreeing"] not in AGREEING:
         raise ValueError(f"agreeing must be one of {AGREEING}, not {params['agreeing']!r}")
     if params["dice_target"] not in ("clean", "hard", "soft"):
