@@ -149,6 +149,11 @@ def test_image_scores_rank_a_corrupted_image_first():
     assert distill.select_noisy_images(scores, 0.1).tolist() == [True, False, False, False, False]
     assert distill.select_noisy_images(scores, 0.0).sum() == 0
     assert distill.select_noisy_images([0.2, 0.2, 0.1], 0.2).tolist() == [True, False, False]
+    # "outliers": only the corrupted image stands out; evenly noisy images select none.
+    assert distill.select_noisy_images(scores, 0.3, "outliers").tolist() == [True, False, False, False, False]
+    even = np.random.default_rng(0).normal(0.3, 0.02, 40)
+    assert distill.select_noisy_images(even, 0.3, "outliers").sum() == 0
+    assert distill.select_noisy_images(even, 0.3, "fraction").sum() == 12
 
 
 def constructed_teacher(n_samples: int):
@@ -236,6 +241,8 @@ def test_registry_and_params():
         distill.fit(tiny, _config(1, dropout=0.0))
     with pytest.raises(ValueError, match="Unknown parameters"):
         distill.fit(tiny, _config(1, epsilon=0.3))
+    with pytest.raises(ValueError, match="image_select"):
+        distill.fit(tiny, _config(1, image_select="top"))
 
 
 def test_real_run_ranks_the_corrupted_crop_and_flags_its_nuclei(trained, crops):
