@@ -343,7 +343,7 @@ def filter_labels(dataset, losses: list, max_samples: int, seed: int,
 
 def keep_agreeing(clean: np.ndarray, predicted: np.ndarray, labels: np.ndarray, threshold: float,
                   classes=None) -> np.ndarray:
-    """Map w into [threshold, 1] where the student's argmax is the given label; float32 (H, W).
+    """Map w into [threshold, 1] where the judging network's argmax is the given label; float32 (H, W).
 
     There ``w' = threshold + (1 − threshold)·w``: such pixels are never filtered
     (the network reproduces their label, so the loss mixture's verdict alone does
@@ -355,7 +355,7 @@ def keep_agreeing(clean: np.ndarray, predicted: np.ndarray, labels: np.ndarray, 
     clean : ndarray float (H, W)
         w from :func:`filter_labels`.
     predicted, labels : ndarray int (H, W)
-        The student's argmax and the given labels.
+        The judging network's argmax (see :func:`cleanse`) and the given labels.
     threshold : float
         ``clean_threshold``.
     classes : tuple of int or None
@@ -401,16 +401,19 @@ def predict_samples(run, models, **kwargs) -> list:
                         min_size=run.patch_size, **kwargs)
 
 
-def cleanse(run, student, teacher, params: dict, seed: int, interruptible: bool = False) -> dict | None:
+def cleanse(run, judge, teacher, params: dict, seed: int, interruptible: bool = False) -> dict | None:
     """Run both modules with the current networks: mixtures, w, p̂ and soft targets per sample.
 
-    With ``interruptible`` it returns None when a stop is requested between its stages.
+    ``judge`` is the network whose losses, argmax and class recall decide what is
+    filtered: the student at every refresh, the one ``final_judge`` names at the
+    end. ``teacher`` gives p̂. With ``interruptible`` it returns None when a stop
+    is requested between its stages.
     """
     dataset = run.dataset
     stop = (lambda: run.should_stop()) if interruptible else (lambda: False)
-    student_probabilities = predict_samples(run, student)
-    losses = [pixel_losses(p, s.labels) for p, s in zip(student_probabilities, dataset.samples)]
-    predicted = [p.argmax(0) for p in student_probabilities]
+    judge_probabilities = predict_samples(run, judge)
+    losses = [pixel_losses(p, s.labels) for p, s in zip(judge_probabilities, dataset.samples)]
+    predicted = [p.argmax(0) for p in judge_probabilities]
     recall = class_recall(predicted, dataset)
     learnt = learnt_classes(recall, float(params["learnt_recall"]))
     protected = [unlearnt_pixels(learnt, s.labels, y) for s, y in zip(dataset.samples, predicted)]

@@ -154,9 +154,9 @@ image_select : {"fraction", "outliers"}, "fraction"
     0.593; 0.708 / 0.693 / 0.659), noise AP 0.60 / 0.56 / 0.43, Dice(corrected,
     clean) 0.785 / 0.765 / 0.746; erode/dilate 0.859 / 0.881 / 0.875 (0.865 /
     0.896 / 0.879; 0.885 / 0.930 / 0.892); missing + spurious, seed 0, 0.973
-    (0.972; 0.964). From losing every Markov and two
-    hippocampus seeds to ties there; a little worse on erode/dilate, where both
-    lose. Not the default yet: the committed benchmark rows use "fraction".
+    (0.972; 0.964). From losing every Markov and two hippocampus seeds to ties
+    there; a little worse on erode/dilate, where both lose. Not the default yet:
+    the committed benchmark rows use "fraction".
 band : int, 3
     Half-width in pixels of the boundary band in the image score.
 dice_weight : float, 1.0
