@@ -258,8 +258,10 @@ def test_real_run_ranks_the_corrupted_crop_and_flags_its_nuclei(trained, crops):
     assert noise_detection_scores(result.noise[0], missing)["auroc"] > 0.55
     history = result.history
     assert history["stage"][:4] == ["warmup"] * 4 and history["stage"][4:] == ["robust"] * 4
-    assert len(history["image_scores"][-1]) == 6 and history["down_weighted_fraction"][-1] == pytest.approx(1 / 3)
-    assert 0 in history["down_weighted_images"][-1]
+    # Only the corrupted crop lies above Tukey's fence of the image scores (the default
+    # image rule); a fixed ε = 0.3 would hand a clean crop to the teacher as well.
+    assert len(history["image_scores"][-1]) == 6 and history["down_weighted_images"][-1] == [0]
+    assert history["down_weighted_fraction"][-1] == pytest.approx(1 / 6)
     assert all(0 <= v <= 1 for v in history["mean_noise"][4:])
 
 
