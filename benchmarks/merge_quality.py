@@ -30,6 +30,14 @@ if str(ROOT) not in sys.path:
 from benchmarks import quality  # noqa: E402  (the same module the tests import)
 
 
+def _budgets(report: dict) -> dict:
+    """``{dataset: {(epochs, minutes)}}`` of a report's training runs (a merged report's own record)."""
+    if "budgets" in report:
+        return {name: {tuple(budget)} for name, budget in report["budgets"].items()}
+    return {name: {(config.get("epochs"), config.get("minutes")) for config in by_method.values()}
+            for name, by_method in report.get("configs", {}).items()}
+
+
 def merge_reports(reports: list, settings: list | None = None) -> dict:
     """One report from several ``quality.py`` reports (later rows win per setting × row × seed).
 
@@ -44,13 +52,26 @@ def merge_reports(reports: list, settings: list | None = None) -> dict:
     -------
     dict
         ``profile``, ``seeds``, ``settings``, ``noise``, ``rows``, ``summary`` (as
-        ``quality.py`` writes them) and ``sources`` (command, commit, date per input).
+        ``quality.py`` writes them), ``budgets`` (``{dataset: [epochs, minutes]}``) and
+        ``sources`` (command, commit, date per input).
+
+    Raises
+    ------
+    ValueError
+        No reports, different profiles, or different training budgets for one dataset
+        (e.g. an ``--epochs 18`` run with the default budget's runs).
     """
     if not reports:
         raise ValueError("no reports to merge")
     profiles = {r.get("profile") for r in reports}
     if len(profiles) > 1:
         raise ValueError(f"cannot merge different profiles: {sorted(map(str, profiles))}")
+    budgets: dict = {}
+    for report in reports:
+        for dataset, budget in _budgets(report).items():
+            budgets.setdefault(dataset, set()).update(budget)
+    if mixed := {name: sorted(b, key=str) for name, b in budgets.items() if len(b) > 1}:
+        raise ValueError(f"cannot merge runs with different training budgets (epochs, minutes): {mixed}")
     keep = set(settings) if settings else None
     rows: dict = {}
     noise: dict = {}
@@ -75,6 +96,7 @@ def merge_reports(reports: list, settings: list | None = None) -> dict:
         "noise": list(noise.values()),
         "rows": merged_rows,
         "summary": quality.summarise(merged_rows),
+        "budgets": {name: list(next(iter(b))) for name, b in budgets.items()},
         "sources": [{key: r.get(key) for key in ("command", "git_commit", "git_dirty", "date", "seeds", "methods")}
                     for r in reports],
     }

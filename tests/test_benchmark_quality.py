@@ -108,6 +108,15 @@ def test_merge_combines_seeds_and_later_rows_win(report, tmp_path):
     table = (tmp_path / "merged.md").read_text()
     assert "seeds 0, 1" in table and "| confident | 0.700 ± 0.283 |" in table
     assert merge_quality.main([str(inputs[0]), "--name", "x", "--out", str(tmp_path), "--settings", "nope"]) == 2
+    # A merged table can be merged again; a run with another epoch budget cannot join it.
+    again = merge_quality.merge_reports([json.loads((tmp_path / "merged.json").read_text()), rerun])
+    assert again["summary"] == merged["summary"] and again["budgets"] == merged["budgets"]
+    longer = json.loads(json.dumps(rerun))
+    for by_method in longer["configs"].values():
+        for config in by_method.values():
+            config["epochs"] = 3 * config["epochs"]
+    with pytest.raises(ValueError, match="different training budgets"):
+        merge_quality.merge_reports([saved, longer])
 
 
 def test_split_is_fixed_by_sorted_stem():
