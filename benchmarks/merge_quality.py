@@ -8,9 +8,11 @@ Usage (from the repository root)::
 Each input is a ``benchmarks/quality.py`` JSON. Rows are keyed by (setting, row,
 seed); a later file replaces an earlier file's row with the same key, so list the
 runs oldest first (e.g. the full table, then a rerun of one method after a change,
-then extra seeds). Only use this on runs whose floor and ceiling rows agree for the
-seeds they share: the benchmark is deterministic for a given seed and commit, and
-the merged JSON records every source's command and commit so that can be checked.
+then extra seeds). The benchmark is deterministic for a given seed, commit and kind
+of CPU, so runs that share a seed must agree on its floor and ceiling rows; a merge
+that finds them different (another CPU, or a change to the baseline) stops, unless
+``--allow-reference-drift`` keeps the later rows and records every difference in
+the merged JSON (``reference_drift``) and under the Markdown tables.
 
 Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (the same tables as
 ``quality.py``) and prints the Markdown.
@@ -38,7 +40,24 @@ def _budgets(report: dict) -> dict:
             for name, by_method in report.get("configs", {}).items()}
 
 
-def merge_reports(reports: list, settings: list | None = None) -> dict:
+REFERENCE_KINDS = ("floor", "ceiling")
+SOURCE_KEYS = ("command", "git_commit", "git_dirty", "date", "seeds", "methods")
+
+
+def _source_label(report: dict) -> str:
+    machine = report.get("machine") or {}
+    where = machine.get("cpu_model") or "CPU not recorded"
+    return f"{report.get('command') or 'merged report'} ({report.get('date') or 'no date'}; {where})"
+
+
+def _drift(earlier: dict, later: dict) -> float | None:
+    """How far two reference rows' test Dice differ (None when either has none)."""
+    if not (earlier.get("test") and later.get("test")):
+        return None
+    return abs(float(later["test"]["dice"]) - float(earlier["test"]["dice"]))
+
+
+def merge_reports(reports: list, settings: list | None = None, allow_reference_drift: bool = False) -> dict:
     """One report from several ``quality.py`` reports (later rows win per setting × row × seed).
 
     Parameters
@@ -47,19 +66,24 @@ def merge_reports(reports: list, settings: list | None = None) -> dict:
         Parsed ``quality.py`` JSON reports, oldest first.
     settings : list of str, optional
         Setting names to keep (default: every setting any report has).
+    allow_reference_drift : bool
+        Merge even where two reports' floor or ceiling rows for the same setting and
+        seed differ in test Dice (the later row is kept); default False raises.
 
     Returns
     -------
     dict
         ``profile``, ``seeds``, ``settings``, ``noise``, ``rows``, ``summary`` (as
         ``quality.py`` writes them), ``budgets`` (``{dataset: [epochs, minutes]}``) and
-        ``sources`` (command, commit, date per input).
+        ``sources`` (command, commit, date, CPU per input) and ``reference_drift``
+        (one entry per floor/ceiling row that differed; empty when none did).
 
     Raises
     ------
     ValueError
         No reports, different profiles, or different training budgets for one dataset
-        (e.g. an ``--epochs 18`` run with the default budget's runs).
+        (e.g. an ``--epochs 18`` run with the default budget's runs), or floor/ceiling
+        rows that differ between reports without ``allow_reference_drift``.
     """
     if not reports:
         raise ValueError("no reports to merge")
@@ -76,7 +100,10 @@ def merge_reports(reports: list, settings: list | None = None) -> dict:
     rows: dict = {}
     noise: dict = {}
     setting_info: dict = {}
+    drift: list = []
+    origin: dict = {}
     for report in reports:
+        drift.extend(report.get("reference_drift", []))  # a merged report's own, already allowed
         for setting in report["settings"]:
             if keep is None or setting["name"] in keep:
                 setting_info.setdefault(setting["name"], setting)
@@ -85,7 +112,23 @@ def merge_reports(reports: list, settings: list | None = None) -> dict:
                 noise[(entry["setting"], entry["seed"])] = entry
         for row in report["rows"]:
             if row["setting"] in setting_info:
-                rows[(row["setting"], row["row"], row["seed"])] = row
+                key = (row["setting"], row["row"], row["seed"])
+                if row.get("kind") in REFERENCE_KINDS and key in rows:
+                    difference = _drift(rows[key], row)
+                    if difference:
+                        drift.append({"setting": key[0], "row": key[1], "seed": key[2],
+                                      "earlier": rows[key]["test"]["dice"], "later": row["test"]["dice"],
+                                      "earlier_source": origin[key], "later_source": _source_label(report)})
+                rows[key] = row
+                origin[key] = _source_label(report)
+    if drift and not allow_reference_drift:
+        first = drift[0]
+        raise ValueError(
+            f"{len(drift)} floor/ceiling row(s) differ between the runs, e.g. {first['setting']} "
+            f"{first['row']} seed {first['seed']}: test Dice {first['earlier']:.4f} in "
+            f"{first['earlier_source']} against {first['later']:.4f} in {first['later_source']}. "
+            "The methods of each run were measured against their own run's floor; pass "
+            "--allow-reference-drift to keep the later rows and record the differences.")
     if keep is not None and (missing := keep - set(setting_info)):
         raise ValueError(f"no report has the settings {sorted(missing)}")
     merged_rows = list(rows.values())
@@ -97,8 +140,9 @@ def merge_reports(reports: list, settings: list | None = None) -> dict:
         "rows": merged_rows,
         "summary": quality.summarise(merged_rows),
         "budgets": {name: list(next(iter(b))) for name, b in budgets.items()},
-        "sources": [{key: r.get(key) for key in ("command", "git_commit", "git_dirty", "date", "seeds", "methods")}
+        "sources": [{**{key: r.get(key) for key in SOURCE_KEYS}, "cpu_model": (r.get("machine") or {}).get("cpu_model")}
                     for r in reports],
+        "reference_drift": drift,
     }
 
 
@@ -108,11 +152,13 @@ def main(argv=None) -> int:
     parser.add_argument("--name", required=True, help="output file stem")
     parser.add_argument("--settings", default="", help="comma-separated setting names to keep (default: all)")
     parser.add_argument("--out", default=str(quality.DEFAULT_OUT), help="results folder")
+    parser.add_argument("--allow-reference-drift", action="store_true",
+                        help="merge even where runs' floor/ceiling rows differ (the later ones are kept)")
     args = parser.parse_args(argv)
     try:
         reports = [json.loads(Path(path).read_text()) for path in args.inputs]
         settings = [s.strip() for s in args.settings.split(",") if s.strip()] or None
-        merged = merge_reports(reports, settings)
+        merged = merge_reports(reports, settings, allow_reference_drift=args.allow_reference_drift)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -691,6 +691,11 @@ def markdown(report: dict) -> str:
                  "F1@0.5: `noise` vs the true noise mask, pooled over the train split. AP>prior: AP above the "
                  "boundary prior's (seeds where it is). Dice corrected: Dice(corrected, clean) on the train split "
                  "(compare with Dice(noisy, clean) above). wall s: training time.")
+    if report.get("reference_drift"):
+        lines += ["", "Floor/ceiling rows that differed between the merged runs (the later one is in the tables; "
+                      "each run's methods were measured against its own run's):", ""]
+        lines += [f"- {d['setting']} {d['row']} seed {d['seed']}: {d['earlier']:.4f} → {d['later']:.4f} "
+                  f"({d['earlier_source']} → {d['later_source']})" for d in report["reference_drift"]]
     return "\n".join(lines) + "\n"
 
 
@@ -702,6 +707,21 @@ def _git(*args) -> str | None:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` says.
+
+    Recorded because the same seed and commit reproduce to the last digit only on the
+    same kind of CPU: its vector units pick the bf16/fp32 kernels, and so the rounding.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_metadata(argv) -> dict:
@@ -717,8 +737,8 @@ def run_metadata(argv) -> dict:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "nice": os.nice(0),
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "nice": os.nice(0),
         },
     }
 

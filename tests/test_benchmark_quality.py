@@ -117,6 +117,26 @@ def test_merge_combines_seeds_and_later_rows_win(report, tmp_path):
             config["epochs"] = 3 * config["epochs"]
     with pytest.raises(ValueError, match="different training budgets"):
         merge_quality.merge_reports([saved, longer])
+    # The same seed on another kind of CPU: its floor differs, so its methods were judged
+    # against another floor. The merge stops unless told, then records the difference.
+    elsewhere = json.loads(json.dumps(rerun))
+    elsewhere["rows"] = [dict(row, test=dict(row["test"], dice=row["test"]["dice"] + 0.001))
+                         for row in saved["rows"] if row["kind"] == "floor"]
+    elsewhere["machine"] = {"cpu_model": "Another CPU"}
+    with pytest.raises(ValueError, match="floor/ceiling row.*differ.*Another CPU"):
+        merge_quality.merge_reports([saved, elsewhere])
+    drifted = merge_quality.merge_reports([saved, elsewhere], allow_reference_drift=True)
+    [entry] = drifted["reference_drift"]
+    assert (entry["row"], entry["seed"]) == ("baseline", 0)
+    assert entry["later"] - entry["earlier"] == pytest.approx(0.001)
+    assert drifted["sources"][1]["cpu_model"] == "Another CPU"
+    assert "differed between the merged runs" in quality.markdown(drifted)
+    assert merge_quality.merge_reports([saved, saved])["reference_drift"] == []
+    inputs.append(tmp_path / "elsewhere.json")
+    inputs[-1].write_text(json.dumps(elsewhere))
+    assert merge_quality.main([str(inputs[0]), str(inputs[-1]), "--name", "y", "--out", str(tmp_path)]) == 2
+    assert merge_quality.main([str(inputs[0]), str(inputs[-1]), "--name", "y", "--out", str(tmp_path),
+                               "--allow-reference-drift"]) == 0
 
 
 def test_split_is_fixed_by_sorted_stem():
