@@ -138,7 +138,7 @@ def main(argv=None) -> int:
                              "bbbc039/markov_boundary")
         [setting] = settings
         spec, profile = quality.DATASETS[setting.dataset], quality.PROFILES["full"][setting.dataset]
-        data = quality.load_split(quality.check_data(Path(args.data), [setting.dataset]), spec, profile)
+        data = quality.load_split(quality.check_data(Path(args.data), [spec]), spec, profile)
     except (quality.DataError, ValueError, quality.io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

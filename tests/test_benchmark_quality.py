@@ -184,3 +184,6 @@ def test_floor_variability_is_deterministic_per_seed_pair(tmp_path):
     with pytest.raises(ValueError, match="NOISE:TRAIN"):
         floor_variability.parse_pairs("3")
     assert floor_variability.main(["--data", str(tmp_path), "--setting", "bbbc039"]) == 2
+    assert floor_variability.main(["--data", str(tmp_path / "none"), "--setting", "bbbc039/markov_boundary"]) == 2
+    # sample_data/bbbc039 has images/ but no labels/ folder (its labels are labels_clean/): named, exit 2.
+    assert floor_variability.main(["--data", str(ROOT / "sample_data"), "--out", str(tmp_path)]) == 2
