@@ -38,18 +38,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import quality  # noqa: E402
+from napari_noisyseg.core import metrics  # noqa: E402
 from napari_noisyseg.core.dataset import build_dataset  # noqa: E402
-from napari_noisyseg.core.noise import simulate_noise  # noqa: E402
 
 
 def _foreground(labels) -> float:
     return max(1.0, float((np.asarray(labels) > 0).sum()))  # two training crops have no nuclei
 
 
-def _dice(a, b) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
+def _dice(pred, truth, n_classes: int) -> float:
+    """Mean foreground Dice; 1.0 where neither map has foreground (they agree: no nuclei)."""
+    dice = metrics.mean_foreground_dice(pred, truth, n_classes)
+    return 1.0 if np.isnan(dice) else float(dice)
 
 
 def parse_pairs(text: str) -> list[tuple[int, int]]:
@@ -75,10 +75,8 @@ def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: i
         ``train_dice_pred_noisy``, ``corr_pred_vs_noisy_change``, ``wall_s`` and the
         per-image lists ``train`` and ``test``.
     """
-    clean = data["train_labels"]
-    simulated = simulate_noise(clean, setting.protocol, fraction=setting.fraction, severity=setting.severity,
-                               seed=noise_seed, per_slice=setting.per_slice, **setting.params)
-    n_classes = data["n_classes"]
+    clean, n_classes = data["train_labels"], data["n_classes"]
+    simulated = quality.simulate_setting(setting, data, noise_seed)
     train = build_dataset(data["train_images"], simulated.noisy, data["train"], modes=spec.mode, n_classes=n_classes)
     test = build_dataset(data["test_images"], data["test_labels"], data["test"], modes=spec.mode,
                          n_classes=n_classes)
@@ -87,16 +85,17 @@ def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: i
     result = quality.get_method(quality.FLOOR_METHOD).fit(train, config)
     wall = time.perf_counter() - start
     per_train = [{"noisy_change": _foreground(n) / _foreground(c) - 1,
-                  "pred_change": _foreground(p) / _foreground(c) - 1,
-                  "dice_pred_clean": _dice(p, c), "dice_pred_noisy": _dice(p, n), "dice_noisy_clean": _dice(n, c)}
+                  "pred_change": _foreground(p) / _foreground(c) - 1, "dice_pred_clean": _dice(p, c, n_classes),
+                  "dice_pred_noisy": _dice(p, n, n_classes), "dice_noisy_clean": _dice(n, c, n_classes)}
                  for p, n, c in zip(quality.final_predictions(result, train), simulated.noisy, clean)]
-    per_test = [{"pred_change": _foreground(p) / _foreground(c) - 1, "dice": _dice(p, c)}
-                for p, c in zip(quality.final_predictions(result, test), data["test_labels"])]
+    test_predictions = quality.final_predictions(result, test)
+    per_test = [{"pred_change": _foreground(p) / _foreground(c) - 1, "dice": _dice(p, c, n_classes)}
+                for p, c in zip(test_predictions, data["test_labels"])]
     noisy_change = np.array([r["noisy_change"] for r in per_train])
     pred_change = np.array([r["pred_change"] for r in per_train])
     return {
         "noise_seed": noise_seed, "train_seed": train_seed,
-        "test_dice": quality.test_scores(result, test, data["test_labels"], n_classes)["dice"],
+        "test_dice": quality.prediction_scores(test_predictions, data["test_labels"], n_classes)["dice"],
         "train_dice_pred_clean": float(np.mean([r["dice_pred_clean"] for r in per_train])),
         "train_dice_pred_noisy": float(np.mean([r["dice_pred_noisy"] for r in per_train])),
         "corr_pred_vs_noisy_change": float(np.corrcoef(noisy_change, pred_change)[0, 1]),

@@ -104,6 +104,7 @@ def merge_reports(reports: list, settings: list | None = None, allow_reference_d
     origin: dict = {}
     for report in reports:
         drift.extend(report.get("reference_drift", []))  # a merged report's own, already allowed
+        source = _source_label(report)
         for setting in report["settings"]:
             if keep is None or setting["name"] in keep:
                 setting_info.setdefault(setting["name"], setting)
@@ -118,9 +119,9 @@ def merge_reports(reports: list, settings: list | None = None, allow_reference_d
                     if difference:
                         drift.append({"setting": key[0], "row": key[1], "seed": key[2],
                                       "earlier": rows[key]["test"]["dice"], "later": row["test"]["dice"],
-                                      "earlier_source": origin[key], "later_source": _source_label(report)})
+                                      "earlier_source": origin[key], "later_source": source})
                 rows[key] = row
-                origin[key] = _source_label(report)
+                origin[key] = source
     if drift and not allow_reference_drift:
         first = drift[0]
         raise ValueError(

@@ -277,7 +277,11 @@ def final_predictions(result, dataset) -> list:
 
 def test_scores(result, test_dataset, test_labels: list, n_classes: int) -> dict:
     """Dice/IoU/HD95 of the final model on the clean test labels."""
-    predictions = final_predictions(result, test_dataset)
+    return prediction_scores(final_predictions(result, test_dataset), test_labels, n_classes)
+
+
+def prediction_scores(predictions: list, test_labels: list, n_classes: int) -> dict:
+    """Dice/IoU/HD95 of label maps (:func:`final_predictions`) against the clean test labels."""
     report = metrics.evaluate_segmentation(predictions, test_labels, n_classes)
     return {
         "dice": report["mean_fg_dice"],
@@ -335,6 +339,15 @@ def fit_method(method: str, dataset, config, log):
         log(f"    {method} FAILED:\n{error}")
         return None, time.perf_counter() - start, error.strip().splitlines()[-1]
     return result, time.perf_counter() - start, None
+
+
+def simulate_setting(setting: Setting, data: dict, seed: int):
+    """``setting``'s noise on the train labels of ``data`` (:func:`load_split`), drawn with ``seed``."""
+    if setting.protocol == "model_noise":  # needs the images: a weak network predicts the labels
+        return simulate_model_noise(data["train_images"], data["train_labels"], fraction=setting.fraction,
+                                    severity=setting.severity, seed=seed, names=data["train"], **setting.params)
+    return simulate_noise(data["train_labels"], setting.protocol, fraction=setting.fraction,
+                          severity=setting.severity, seed=seed, per_slice=setting.per_slice, **setting.params)
 
 
 class Benchmark:
@@ -404,14 +417,7 @@ class Benchmark:
         spec = self.datasets[setting.dataset]
         n_classes = data["n_classes"]
         tag = f"[{setting.name} seed {seed}]"
-        if setting.protocol == "model_noise":  # needs the images: a weak network predicts the labels
-            simulated = simulate_model_noise(data["train_images"], data["train_labels"], fraction=setting.fraction,
-                                             severity=setting.severity, seed=seed, names=data["train"],
-                                             **setting.params)
-        else:
-            simulated = simulate_noise(data["train_labels"], setting.protocol, fraction=setting.fraction,
-                                       severity=setting.severity, seed=seed, per_slice=setting.per_slice,
-                                       **setting.params)
+        simulated = simulate_setting(setting, data, seed)
         noisy, clean = simulated.noisy, data["train_labels"]
         truth_flat = _pooled(simulated.noise_masks).astype(bool)
         given = correction_scores(noisy, noisy, clean, n_classes)["dice_given"]
