@@ -6,7 +6,7 @@ Usage (from the repository root)::
         [--settings hippocampus/erode_dilate,...] [--out benchmarks/results]
 
 Each input is a ``benchmarks/quality.py`` JSON. Rows are keyed by (setting, row,
-seed); a later file replaces an earlier file's row with the same key, so list the
+seed, training seed); a later file replaces an earlier file's row with the same key, so list the
 runs oldest first (e.g. the full table, then a rerun of one method after a change,
 then extra seeds). The benchmark is deterministic for a given seed, commit and kind
 of CPU, so runs that share a seed must agree on its floor and ceiling rows; a merge
@@ -113,11 +113,12 @@ def merge_reports(reports: list, settings: list | None = None, allow_reference_d
                 noise[(entry["setting"], entry["seed"])] = entry
         for row in report["rows"]:
             if row["setting"] in setting_info:
-                key = (row["setting"], row["row"], row["seed"])
+                setting, seed, train_seed = quality.run_key(row)
+                key = (setting, row["row"], seed, train_seed)
                 if row.get("kind") in REFERENCE_KINDS and key in rows:
                     difference = _drift(rows[key], row)
                     if difference:
-                        drift.append({"setting": key[0], "row": key[1], "seed": key[2],
+                        drift.append({"setting": setting, "row": row["row"], "seed": seed, "train_seed": train_seed,
                                       "earlier": rows[key]["test"]["dice"], "later": row["test"]["dice"],
                                       "earlier_source": origin[key], "later_source": source})
                 rows[key] = row
@@ -133,9 +134,13 @@ def merge_reports(reports: list, settings: list | None = None, allow_reference_d
     if keep is not None and (missing := keep - set(setting_info)):
         raise ValueError(f"no report has the settings {sorted(missing)}")
     merged_rows = list(rows.values())
+    train_seeds = sorted({quality.run_key(row)[2] for row in merged_rows})
     return {
         "profile": reports[0].get("profile"),
         "seeds": sorted({row["seed"] for row in merged_rows}),
+        # Listed only when some run trained with a seed other than its noise seed.
+        "train_seeds": train_seeds if any(quality.run_key(r)[1] != quality.run_key(r)[2] for r in merged_rows)
+        else None,
         "settings": list(setting_info.values()),
         "noise": list(noise.values()),
         "rows": merged_rows,

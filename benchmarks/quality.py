@@ -3,21 +3,25 @@
 Usage (from the repository root)::
 
     python benchmarks/quality.py [--data ../shared/data] [--quick] [--methods baseline,confident]
-        [--settings bbbc039/erode_dilate,hippocampus] [--seeds 0,1] [--minutes M | --epochs E]
+        [--settings bbbc039/erode_dilate,hippocampus] [--seeds 0,1] [--train-seeds 0,1,2]
+        [--minutes M | --epochs E]
         [--params confident.folds=2 ...] [--out benchmarks/results] [--list]
 
 For every dataset × noise setting × method × seed:
 
 1. the dataset's images are split into train and test by sorted file stem (fixed);
 2. noise is simulated on the TRAIN labels only (``simulate_noise``, seed = the run's
-   seed), the method trains on the train images with the noisy labels (same seed);
+   seed), the method trains on the train images with the noisy labels (same seed, or
+   each of ``--train-seeds`` in turn: the same noise draw trained several times);
 3. scores: test Dice (mean foreground and per class) and HD95 of the method's final
    model against the CLEAN test labels; gap recovered between the floor (``baseline``
    on noisy labels) and the ceiling (``baseline`` on clean labels, trained once per
-   dataset × seed); noise detection (pixel AUROC, AP, F1 at 0.5) of ``result.noise``
+   dataset × training seed); noise detection (pixel AUROC, AP, F1 at 0.5) of ``result.noise``
    against the true noise mask of the train split; Dice(corrected, clean) against
    Dice(noisy, clean) on the train split; wall time. Gap recovered is not reported
-   when the ceiling beats the floor by less than ``MIN_GAP`` (0.01) Dice.
+   when the ceiling beats the floor by less than ``MIN_GAP`` (0.01) Dice. Each method
+   is also paired with the floor of its own run (same noise and training seed): the
+   tables give the mean ± std of that difference and in how many runs it is positive.
 
 Reference rows: ``boundary prior`` (``exp(-d/3)`` to the nearest noisy-label edge, no
 learning: a noise map only counts where its AP beats this one, column ``AP>prior``) and
@@ -392,7 +396,7 @@ class Benchmark:
         return config
 
     def ceiling(self, dataset_name: str, seed: int, test_dataset) -> dict:
-        """Baseline on the clean train labels, once per dataset × seed."""
+        """Baseline on the clean train labels, once per dataset × training seed."""
         key = (dataset_name, seed)
         if key not in self._ceilings:
             data = self.data(dataset_name)
@@ -412,30 +416,40 @@ class Benchmark:
             gc.collect()
         return dict(self._ceilings[key])
 
-    def run_setting(self, setting: Setting, seed: int) -> None:
+    def run_setting(self, setting: Setting, seed: int, train_seeds=None) -> None:
+        """Simulate ``setting``'s noise with ``seed``, then train every method once per
+        training seed (default: ``seed`` itself) on those labels."""
         data = self.data(setting.dataset)
         spec = self.datasets[setting.dataset]
         n_classes = data["n_classes"]
-        tag = f"[{setting.name} seed {seed}]"
         simulated = simulate_setting(setting, data, seed)
         noisy, clean = simulated.noisy, data["train_labels"]
         truth_flat = _pooled(simulated.noise_masks).astype(bool)
         given = correction_scores(noisy, noisy, clean, n_classes)["dice_given"]
         self.noise_stats.append({"setting": setting.name, "seed": seed, "noise_fraction": float(truth_flat.mean()),
                                  "dice_noisy_vs_clean": given, "simulation": simulated.params})
-        self.log(f"  {tag} noise: {100 * truth_flat.mean():.1f}% of train pixels, Dice(noisy, clean) {given:.3f}")
+        self.log(f"  [{setting.name} seed {seed}] noise: {100 * truth_flat.mean():.1f}% of train pixels, "
+                 f"Dice(noisy, clean) {given:.3f}")
         train = build_dataset(data["train_images"], noisy, data["train"], modes=spec.mode, n_classes=n_classes)
         test = build_dataset(data["test_images"], data["test_labels"], data["test"], modes=spec.mode,
                              n_classes=n_classes)
-        rows = [self.ceiling(setting.dataset, seed, test)]
-
         prior = train.reassemble([metrics.boundary_prior(s.labels) for s in train.samples])
-        rows.append({"row": PRIOR_ROW, "kind": "prior", "noise": detection_scores(prior, truth_flat)})
+        prior_row = {"row": PRIOR_ROW, "kind": "prior", "noise": detection_scores(prior, truth_flat)}
+        for index, train_seed in enumerate([seed] if train_seeds is None else train_seeds):
+            # The prior needs no training: one row per noise draw, not per training seed.
+            rows = [self.ceiling(setting.dataset, train_seed, test)] + ([prior_row] if index == 0 else [])
+            self.train_methods(rows, setting, seed, train_seed, train, test, truth_flat, noisy, clean)
+            self.finish_rows(rows, setting, seed, train_seed, prior_row["noise"]["ap"])
 
+    def train_methods(self, rows, setting, seed, train_seed, train, test, truth_flat, noisy, clean) -> None:
+        """The floor, then every method, trained with ``train_seed``; one row each into ``rows``."""
+        data = self.data(setting.dataset)
+        n_classes = data["n_classes"]
+        tag = f"[{setting.name} seed {seed}" + ("" if train_seed == seed else f", training seed {train_seed}") + "]"
         methods = [FLOOR_METHOD] + [m for m in self.methods if m != FLOOR_METHOD]
         for method in methods:
             self.log(f"  {tag} {method} ...")
-            config = self.config(method, seed, setting.dataset)
+            config = self.config(method, train_seed, setting.dataset)
             result, wall, error = fit_method(method, train, config, self.log)
             row = {"row": method, "kind": "floor" if method == FLOOR_METHOD else "method", "method": method,
                    "wall_s": wall, "error": error, "in_methods": method in self.methods}
@@ -456,7 +470,6 @@ class Benchmark:
             rows.append(row)
             del result
             gc.collect()
-        self.finish_rows(rows, setting, seed)
 
     def peer_row(self, result, train, truth_flat, noisy, clean, n_classes) -> dict:
         """cleanlab's find_label_issues on the confident method's out-of-fold probabilities."""
@@ -480,13 +493,12 @@ class Benchmark:
         row["wall_s"] = time.perf_counter() - start
         return row
 
-    def finish_rows(self, rows: list, setting: Setting, seed: int) -> None:
+    def finish_rows(self, rows: list, setting: Setting, seed: int, train_seed: int, prior_ap) -> None:
         """Gap recovered and beats-prior, then store."""
         ceiling = next(r for r in rows if r["kind"] == "ceiling").get("test", {}).get("dice")
         floor = next((r for r in rows if r["kind"] == "floor"), {}).get("test", {}).get("dice")
-        prior_ap = next(r for r in rows if r["kind"] == "prior")["noise"]["ap"]
         for row in rows:
-            row.update(setting=setting.name, dataset=setting.dataset, seed=seed)
+            row.update(setting=setting.name, dataset=setting.dataset, seed=seed, train_seed=train_seed)
             dice = row.get("test", {}).get("dice")
             if dice is not None:
                 measurable = ceiling is not None and floor is not None and ceiling - floor >= MIN_GAP
@@ -514,7 +526,7 @@ def select_settings(names, settings=None, quick: bool = False) -> list:
 
 def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="quick", datasets=None,
                   method_params=None, minutes=None, epochs=None, device="auto", log=None,
-                  on_partial=None) -> dict:
+                  on_partial=None, train_seeds=None) -> dict:
     """Run the quality benchmark and return the report (JSON-safe dict).
 
     Parameters
@@ -527,7 +539,8 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
         Registered method names; default every registered method. ``baseline`` (the
         floor) always runs.
     seeds : sequence of int
-        Each seed sets both the noise simulation and the training seed.
+        Each seed sets the noise simulation and, unless ``train_seeds`` is given, the
+        training seed.
     profile : str or dict
         A :data:`PROFILES` key or ``{dataset name: DatasetProfile}``.
     datasets : dict, optional
@@ -542,11 +555,17 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     on_partial : callable, optional
         Called with the report so far (``"partial": True``) after every setting × seed,
         so that a long run that is stopped keeps what it finished.
+    train_seeds : sequence of int, optional
+        Train every method (floor and ceiling included) once per training seed on each
+        noise draw, so that the spread from training alone is measured apart from the
+        noise draw's. Default: one run per seed, trained with that seed.
 
     Returns
     -------
     dict
-        ``rows`` (one per setting × seed × row), ``summary`` (mean/std over seeds),
+        ``rows`` (one per setting × seed × training seed × row; the prior row once per
+        setting × seed), ``summary`` (mean/std over runs, and each row's difference to
+        the floor of its own run),
         ``settings``, ``methods``, ``configs``, ``splits``, ``noise``, run metadata.
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -558,6 +577,9 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; registered: {', '.join(REGISTRY)}")
+    train_seeds = None if train_seeds is None else [int(t) for t in train_seeds]
+    if train_seeds is not None and not train_seeds:
+        raise ValueError("train_seeds is empty; leave it out to train with each noise seed")
     needed = [datasets[name] for name in dict.fromkeys(s.dataset for s in settings)]
     data_dir = check_data(data_dir, needed)
     started = time.perf_counter()
@@ -566,22 +588,23 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     done = []
     for setting in settings:
         for seed in seeds:
-            bench.run_setting(setting, seed)
+            bench.run_setting(setting, seed, train_seeds)
             if setting not in done:
                 done.append(setting)
             if on_partial is not None and (setting, seed) != (settings[-1], seeds[-1]):
-                on_partial({**_report(bench, done, profile_name, profile, methods, seeds, needed, started),
-                            "partial": True})
-    return _report(bench, settings, profile_name, profile, methods, seeds, needed, started)
+                on_partial({**_report(bench, done, profile_name, profile, methods, seeds, needed, started,
+                                      train_seeds), "partial": True})
+    return _report(bench, settings, profile_name, profile, methods, seeds, needed, started, train_seeds)
 
 
-def _report(bench, settings, profile_name, profile, methods, seeds, needed, started) -> dict:
+def _report(bench, settings, profile_name, profile, methods, seeds, needed, started, train_seeds=None) -> dict:
     report = {
         "benchmark": "quality",
         "profile": profile_name,
         "profile_config": {name: asdict(p) for name, p in profile.items() if name in {d.name for d in needed}},
         "methods": {m: get_method(m).SUMMARY for m in methods},
         "seeds": list(seeds),
+        "train_seeds": train_seeds,
         "settings": [asdict(s) for s in settings],
         "datasets": {d.name: asdict(d) for d in needed},
         "splits": bench.splits,
@@ -615,8 +638,29 @@ def _flat_metrics(row: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def run_key(row: dict) -> tuple:
+    """(setting, noise seed, training seed) of a row; runs before ``--train-seeds``
+    existed trained with the noise seed."""
+    return row["setting"], row["seed"], row.get("train_seed", row["seed"])
+
+
+def _paired_with_floor(row: dict, floors: dict) -> dict:
+    """The row's test Dice minus the floor's of the same run, and whether it is above."""
+    dice, floor = (row.get("test") or {}).get("dice"), floors.get(run_key(row))
+    if row["kind"] not in ("method", "peer") or dice is None or floor is None:
+        return {}
+    return {"dice_minus_floor": dice - floor, "above_floor": float(dice > floor)}
+
+
 def summarise(rows: list) -> list:
-    """Mean/std/n over seeds of every metric, per setting × row."""
+    """Mean/std/n over runs (seeds × training seeds) of every metric, per setting × row.
+
+    Each method's test Dice is also paired with the floor of its own run
+    (``dice_minus_floor``, ``above_floor``): the floor moves between runs by more than
+    some methods' margins, and a paired difference removes what the runs share.
+    """
+    floors = {run_key(row): row["test"]["dice"] for row in rows
+              if row["kind"] == "floor" and not row.get("error") and row.get("test")}
     groups: dict = {}
     for row in rows:
         groups.setdefault((row["setting"], row["row"]), []).append(row)
@@ -626,7 +670,8 @@ def summarise(rows: list) -> list:
         summary.append({
             "setting": setting, "row": name, "kind": members[0]["kind"], "n_seeds": len(members),
             "errors": [m["error"] for m in members if m.get("error")],
-            "metrics": metrics.aggregate_scores([_flat_metrics(m) for m in ok]) if ok else {},
+            "metrics": metrics.aggregate_scores([{**_flat_metrics(m), **_paired_with_floor(m, floors)}
+                                                 for m in ok]) if ok else {},
         })
     return metrics.to_json_safe(summary)
 
@@ -645,9 +690,23 @@ def _fmt_classes(stat) -> str:
     return " / ".join("—" if m is None else f"{m:.3f}" for m in stat["mean"][1:])
 
 
+def _fmt_paired(m: dict) -> str:
+    """``+0.012 ± 0.010 (2/3)``: mean difference to the run's floor, runs above it."""
+    delta, above = m.get("dice_minus_floor"), m.get("above_floor")
+    if not delta or delta.get("mean") is None:
+        return "—"
+    text = f"{delta['mean']:+.3f}"
+    if delta.get("n", 1) > 1 and delta.get("std") is not None:
+        text += f" ± {delta['std']:.3f}"
+    return f"{text} ({round(above['mean'] * above['n'])}/{above['n']})"
+
+
 def markdown(report: dict) -> str:
-    """One Markdown table per setting (mean ± sample std over seeds)."""
-    lines = [f"# Quality benchmark ({report['profile']}, seeds {', '.join(map(str, report['seeds']))})", ""]
+    """One Markdown table per setting (mean ± sample std over runs)."""
+    runs = f"seeds {', '.join(map(str, report['seeds']))}"
+    if report.get("train_seeds"):
+        runs += f" × training seeds {', '.join(map(str, report['train_seeds']))}"
+    lines = [f"# Quality benchmark ({report['profile']}, {runs})", ""]
     if report.get("partial"):
         lines += ["**Partial report**: the run was still going (or was stopped); only the settings below "
                   "finished.", ""]
@@ -670,7 +729,7 @@ def markdown(report: dict) -> str:
                          f"Dice(noisy, clean) = {given:.3f}.")
             lines.append("")
         header = ["row", "test Dice"] + (["per class"] if multi else []) + [
-            "HD95", "gap rec.", "AUROC", "AP", "F1@0.5", "AP>prior", "Dice corrected", "wall s"]
+            "HD95", "gap rec.", "Δ floor (runs above)", "AUROC", "AP", "F1@0.5", "AP>prior", "Dice corrected", "wall s"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" for _ in header) + "|")
         for summary in rows:
@@ -686,21 +745,25 @@ def markdown(report: dict) -> str:
             cells = [label, _fmt(m.get("test_dice"))]
             if multi:
                 cells.append(_fmt_classes(m.get("test_dice_per_class")))
-            cells += [_fmt(m.get("test_hd95"), 1), _fmt(m.get("gap_recovered"), 2), _fmt(m.get("auroc")),
+            cells += [_fmt(m.get("test_hd95"), 1), _fmt(m.get("gap_recovered"), 2), _fmt_paired(m),
+                      _fmt(m.get("auroc")),
                       _fmt(m.get("ap")), _fmt(m.get("f1")), beats_text,
                       _fmt(m.get("dice_corrected")), _fmt(m.get("wall_s"), 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Test Dice/HD95: final model on the held-out CLEAN labels (mean over test images, foreground "
                  "classes; per class = class 1 / class 2). gap rec. = (Dice − floor) / (ceiling − floor), — when "
-                 "ceiling − floor < 0.01. AUROC, AP, "
+                 "ceiling − floor < 0.01. Δ floor: test Dice minus the floor of the same run (noise and training "
+                 "seed), mean ± std over runs, and the runs where it is above the floor. AUROC, AP, "
                  "F1@0.5: `noise` vs the true noise mask, pooled over the train split. AP>prior: AP above the "
                  "boundary prior's (seeds where it is). Dice corrected: Dice(corrected, clean) on the train split "
                  "(compare with Dice(noisy, clean) above). wall s: training time.")
     if report.get("reference_drift"):
         lines += ["", "Floor/ceiling rows that differed between the merged runs (the later one is in the tables; "
                       "each run's methods were measured against its own run's):", ""]
-        lines += [f"- {d['setting']} {d['row']} seed {d['seed']}: {d['earlier']:.4f} → {d['later']:.4f} "
+        lines += [f"- {d['setting']} {d['row']} seed {d['seed']}"
+                  + (f", training seed {d['train_seed']}" if d.get("train_seed", d["seed"]) != d["seed"] else "")
+                  + f": {d['earlier']:.4f} → {d['later']:.4f} "
                   f"({d['earlier_source']} → {d['later_source']})" for d in report["reference_drift"]]
     return "\n".join(lines) + "\n"
 
@@ -783,6 +846,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="", help="comma-separated registered methods (default: all)")
     parser.add_argument("--settings", default="", help="comma-separated setting or dataset names (default: all)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
+    parser.add_argument("--train-seeds", default=None,
+                        help="comma-separated training seeds, each run on every noise seed "
+                             "(default: train with the noise seed)")
     parser.add_argument("--minutes", type=float, default=None, help="time budget per training run")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget per training run")
     parser.add_argument("--params", action="append", default=[], help="METHOD.NAME=VALUE (repeatable)")
@@ -810,6 +876,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     profile = "quick" if args.quick else "full"
     seeds = [int(s) for s in (args.seeds or "0").split(",") if s.strip()]
+    train_seeds = None if args.train_seeds is None else [int(s) for s in args.train_seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
     data_dir, out_dir = Path(args.data).resolve(), Path(args.out).resolve()
     if out_dir == data_dir or data_dir in out_dir.parents:
@@ -824,7 +891,7 @@ def main(argv=None) -> int:
         settings = select_settings([s.strip() for s in args.settings.split(",") if s.strip()], quick=args.quick)
         report = run_benchmark(data_dir, settings, methods, seeds, profile, method_params=parse_params(args.params),
                                minutes=args.minutes, epochs=args.epochs, device=args.device,
-                               on_partial=write_partial)
+                               on_partial=write_partial, train_seeds=train_seeds)
     except (DataError, ValueError, io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -187,3 +187,43 @@ def test_floor_variability_is_deterministic_per_seed_pair(tmp_path):
     assert floor_variability.main(["--data", str(tmp_path / "none"), "--setting", "bbbc039/markov_boundary"]) == 2
     # sample_data/bbbc039 has images/ but no labels/ folder (its labels are labels_clean/): named, exit 2.
     assert floor_variability.main(["--data", str(ROOT / "sample_data"), "--out", str(tmp_path)]) == 2
+
+
+def test_training_seeds_run_apart_from_the_noise_seed(report, tmp_path, capsys):
+    """--train-seeds trains every row once per training seed on one noise draw; each
+    method is paired with its own run's floor, and the run with training seed = noise
+    seed is the default run, to the last digit."""
+    from benchmarks import merge_quality
+
+    default, _ = report
+    result = quality.run_benchmark(
+        ROOT / "sample_data", settings=[TINY_SETTING], methods=["baseline", "confident"], seeds=[0],
+        profile=TINY_PROFILE, datasets={"bbbc039": SAMPLE_SPEC}, log=lambda line: None, train_seeds=[0, 1],
+    )
+    assert result["train_seeds"] == [0, 1] and len(result["noise"]) == 1
+    by_run = {(row["row"], row["train_seed"]): row for row in result["rows"]}
+    assert set(by_run) == {(name, t) for name in (quality.CEILING_ROW, "baseline", "confident", quality.PEER_ROW)
+                           for t in (0, 1)} | {(quality.PRIOR_ROW, 0)}
+    assert all(row["seed"] == 0 for row in result["rows"])
+    for row in default["rows"]:
+        same = by_run[(row["row"], 0)]
+        assert same.get("test") == row.get("test") and same.get("noise") == row.get("noise")
+    # Same noisy labels, another training run: another network.
+    assert by_run[("baseline", 1)]["correction"]["dice_given"] == by_run[("baseline", 0)]["correction"]["dice_given"]
+    assert by_run[("baseline", 1)]["test"]["dice"] != by_run[("baseline", 0)]["test"]["dice"]
+    differences = [by_run[("confident", t)]["test"]["dice"] - by_run[("baseline", t)]["test"]["dice"] for t in (0, 1)]
+    summary = {s["row"]: s["metrics"] for s in result["summary"]}
+    assert summary["confident"]["dice_minus_floor"]["mean"] == pytest.approx(sum(differences) / 2)
+    assert summary["confident"]["above_floor"]["mean"] == sum(d > 0 for d in differences) / 2
+    assert summary["baseline"]["test_dice"]["n"] == 2 and summary[quality.PRIOR_ROW]["ap"]["n"] == 1
+    assert "dice_minus_floor" not in summary["baseline"] and "dice_minus_floor" not in summary[quality.CEILING_ROW]
+    table = quality.markdown(result)
+    assert "seeds 0 × training seeds 0, 1" in table
+    assert f"({sum(d > 0 for d in differences)}/2) |" in table
+    # Merged with the default run: its rows are the training-seed-0 rows (no drift), seed 1's join.
+    merged = merge_quality.merge_reports([default, result])
+    assert merged["reference_drift"] == [] and merged["train_seeds"] == [0, 1]
+    assert len(merged["rows"]) == len(result["rows"])
+    assert merge_quality.merge_reports([default])["train_seeds"] is None
+    assert quality.main(["--data", str(tmp_path / "data"), "--train-seeds", "", "--out", str(tmp_path / "o")]) == 2
+    assert "train_seeds is empty" in capsys.readouterr().err
