@@ -416,9 +416,10 @@ class Benchmark:
             gc.collect()
         return dict(self._ceilings[key])
 
-    def run_setting(self, setting: Setting, seed: int, train_seeds=None) -> None:
+    def run_setting(self, setting: Setting, seed: int, train_seeds=None, after_run=None) -> None:
         """Simulate ``setting``'s noise with ``seed``, then train every method once per
-        training seed (default: ``seed`` itself) on those labels."""
+        training seed (default: ``seed`` itself) on those labels; ``after_run(train_seed)``
+        after each."""
         data = self.data(setting.dataset)
         spec = self.datasets[setting.dataset]
         n_classes = data["n_classes"]
@@ -440,6 +441,8 @@ class Benchmark:
             rows = [self.ceiling(setting.dataset, train_seed, test)] + ([prior_row] if index == 0 else [])
             self.train_methods(rows, setting, seed, train_seed, train, test, truth_flat, noisy, clean)
             self.finish_rows(rows, setting, seed, train_seed, prior_row["noise"]["ap"])
+            if after_run is not None:
+                after_run(train_seed)
 
     def train_methods(self, rows, setting, seed, train_seed, train, test, truth_flat, noisy, clean) -> None:
         """The floor, then every method, trained with ``train_seed``; one row each into ``rows``."""
@@ -553,8 +556,8 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     log : callable, optional
         Progress lines (default: stderr).
     on_partial : callable, optional
-        Called with the report so far (``"partial": True``) after every setting × seed,
-        so that a long run that is stopped keeps what it finished.
+        Called with the report so far (``"partial": True``) after every setting × seed
+        × training seed, so that a long run that is stopped keeps what it finished.
     train_seeds : sequence of int, optional
         Train every method (floor and ceiling included) once per training seed on each
         noise draw, so that the spread from training alone is measured apart from the
@@ -586,14 +589,19 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     bench = Benchmark(data_dir, settings, methods, list(seeds), profile, datasets, dict(method_params or {}),
                       minutes, epochs, device, log)
     done = []
+    last = (settings[-1], seeds[-1], seeds[-1] if train_seeds is None else train_seeds[-1])
+
+    def after_run(setting, seed, train_seed):
+        if setting not in done:
+            done.append(setting)
+        if on_partial is not None and (setting, seed, train_seed) != last:
+            on_partial({**_report(bench, done, profile_name, profile, methods, seeds, needed, started,
+                                  train_seeds), "partial": True})
+
     for setting in settings:
         for seed in seeds:
-            bench.run_setting(setting, seed, train_seeds)
-            if setting not in done:
-                done.append(setting)
-            if on_partial is not None and (setting, seed) != (settings[-1], seeds[-1]):
-                on_partial({**_report(bench, done, profile_name, profile, methods, seeds, needed, started,
-                                      train_seeds), "partial": True})
+            bench.run_setting(setting, seed, train_seeds,
+                              after_run=lambda train_seed: after_run(setting, seed, train_seed))
     return _report(bench, settings, profile_name, profile, methods, seeds, needed, started, train_seeds)
 
 

@@ -196,11 +196,16 @@ def test_training_seeds_run_apart_from_the_noise_seed(report, tmp_path, capsys):
     from benchmarks import merge_quality
 
     default, _ = report
+    partials = []
     result = quality.run_benchmark(
         ROOT / "sample_data", settings=[TINY_SETTING], methods=["baseline", "confident"], seeds=[0],
         profile=TINY_PROFILE, datasets={"bbbc039": SAMPLE_SPEC}, log=lambda line: None, train_seeds=[0, 1],
+        on_partial=partials.append,
     )
     assert result["train_seeds"] == [0, 1] and len(result["noise"]) == 1
+    # A run stopped after the first training seed keeps that seed's rows.
+    [partial] = partials
+    assert partial["partial"] and {row["train_seed"] for row in partial["rows"]} == {0}
     by_run = {(row["row"], row["train_seed"]): row for row in result["rows"]}
     assert set(by_run) == {(name, t) for name in (quality.CEILING_ROW, "baseline", "confident", quality.PEER_ROW)
                            for t in (0, 1)} | {(quality.PRIOR_ROW, 0)}
