@@ -6,6 +6,7 @@ Usage (from the repository root)::
         [--settings bbbc039/erode_dilate,hippocampus] [--seeds 0,1] [--train-seeds 0,1,2]
         [--minutes M | --epochs E]
         [--params confident.folds=2 ...] [--out benchmarks/results] [--list]
+    python benchmarks/quality.py --render benchmarks/results/NAME.json   # rewrite NAME.md only
 
 For every dataset × noise setting × method × seed:
 
@@ -830,6 +831,22 @@ def write_report(report: dict, out_dir, name: str) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def render(json_paths) -> int:
+    """Rewrite ``X.md`` beside each ``X.json`` from its numbers (no training): tables of
+    earlier runs in this version's layout. Exit status 2 names a file that is not a report."""
+    for path in map(Path, json_paths):
+        try:
+            report = json.loads(path.read_text())
+            # The summary in the file is from the version that wrote it; the rows are the numbers.
+            text = markdown({**report, "summary": summarise(report["rows"])})
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"error: {path} is not a quality report ({type(error).__name__}: {error})", file=sys.stderr)
+            return 2
+        io.atomic_write_text(path.with_suffix(".md"), text, overwrite=True)
+        print(f"wrote {path.with_suffix('.md')}")
+    return 0
+
+
 def parse_params(items) -> dict:
     """``["confident.folds=2"]`` -> ``{"confident": {"folds": 2}}`` (values parsed as JSON when possible)."""
     out: dict = {}
@@ -866,12 +883,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results folder")
     parser.add_argument("--name", default=None, help="output file stem (default quality / quality_quick)")
     parser.add_argument("--list", action="store_true", help="list settings and methods, then exit")
+    parser.add_argument("--render", nargs="+", metavar="JSON", default=None,
+                        help="rewrite each result JSON's .md beside it with this version's tables, then exit")
     return parser
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.render:
+        return render(args.render)
     if args.list:
         for s in SETTINGS:
             print(f"{s.name:32s} {s.protocol} α={s.fraction} S={s.severity} {s.params} — {s.note}")

@@ -232,3 +232,20 @@ def test_training_seeds_run_apart_from_the_noise_seed(report, tmp_path, capsys):
     assert merge_quality.merge_reports([default])["train_seeds"] is None
     assert quality.main(["--data", str(tmp_path / "data"), "--train-seeds", "", "--out", str(tmp_path / "o")]) == 2
     assert "train_seeds is empty" in capsys.readouterr().err
+
+
+def test_render_rewrites_tables_from_the_numbers(report, tmp_path, capsys):
+    """--render rewrites X.md beside X.json from its rows, with this version's summary."""
+    result, (json_path, md_path) = report
+    saved = json.loads(json_path.read_text())
+    saved["summary"] = []  # as if written by a version without these columns
+    copy = tmp_path / "old.json"
+    copy.write_text(json.dumps(saved))
+    assert quality.main(["--render", str(copy)]) == 0
+    assert (tmp_path / "old.md").read_text() == md_path.read_text()
+    assert copy.read_text() == json.dumps(saved)  # the numbers are never rewritten
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert quality.main(["--render", str(bad)]) == 2
+    assert "bad.json is not a quality report" in capsys.readouterr().err
+    assert not (tmp_path / "bad.md").exists()
