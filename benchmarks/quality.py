@@ -802,13 +802,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_metadata(argv) -> dict:
+def run_metadata(argv, script: str = "benchmarks/quality.py") -> dict:
+    """Command line (``python SCRIPT ARGV``), commit, date and machine of a benchmark run."""
     import torch
 
     # The result files this run rewrites as it goes do not make the code dirty.
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return {
-        "command": " ".join(["python", "benchmarks/quality.py", *argv]),
+        "command": " ".join(["python", script, *argv]),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "package_version": __version__,

@@ -181,6 +181,9 @@ def test_floor_variability_is_deterministic_per_seed_pair(tmp_path):
     first.pop("wall_s"), again.pop("wall_s")
     assert first == again
     assert floor_variability.parse_pairs("0:1, 2:0") == [(0, 1), (2, 0)]
+    # Its record names its own script (it shares quality.py's run metadata).
+    meta = quality.run_metadata(["--pairs", "0:1"], "benchmarks/floor_variability.py")
+    assert meta["command"] == "python benchmarks/floor_variability.py --pairs 0:1" and meta["machine"]["cpu_model"]
     with pytest.raises(ValueError, match="NOISE:TRAIN"):
         floor_variability.parse_pairs("3")
     assert floor_variability.main(["--data", str(tmp_path), "--setting", "bbbc039"]) == 2
