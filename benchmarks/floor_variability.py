@@ -65,7 +65,8 @@ def parse_pairs(text: str) -> list[tuple[int, int]]:
     return pairs
 
 
-def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: int, epochs=None) -> dict:
+def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: int, epochs=None,
+              lr_schedule=None) -> dict:
     """Simulate ``setting``'s noise with ``noise_seed``, train the floor with ``train_seed``, score it.
 
     Returns
@@ -80,7 +81,7 @@ def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: i
     train = build_dataset(data["train_images"], simulated.noisy, data["train"], modes=spec.mode, n_classes=n_classes)
     test = build_dataset(data["test_images"], data["test_labels"], data["test"], modes=spec.mode,
                          n_classes=n_classes)
-    config = quality.make_config(quality.FLOOR_METHOD, train_seed, profile, {}, epochs=epochs)
+    config = quality.make_config(quality.FLOOR_METHOD, train_seed, profile, {}, epochs=epochs, lr_schedule=lr_schedule)
     start = time.perf_counter()
     result = quality.get_method(quality.FLOOR_METHOD).fit(train, config)
     wall = time.perf_counter() - start
@@ -105,7 +106,9 @@ def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: i
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Floor variability: {report['setting']}, {report['epochs']} epochs", "",
+    schedule = report.get("lr_schedule", "constant")
+    lines = [f"# Floor variability: {report['setting']}, {report['epochs']} epochs"
+             + ("" if schedule == "constant" else f", {schedule} learning rate"), "",
              "| noise seed | training seed | test Dice | train argmax vs clean | vs noisy | "
              "corr(per-image change: argmax, noisy) | test per-image change, sd | wall s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -126,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--setting", default="bbbc039/markov_boundary", help="a quality.py setting name")
     parser.add_argument("--pairs", default="0:0,0:1,1:0,1:1", help="NOISE:TRAIN seed pairs, comma-separated")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the full profile's)")
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                        help="the floor's learning-rate schedule (default constant, as quality.py)")
     parser.add_argument("--out", default=str(quality.DEFAULT_OUT), help="results folder")
     parser.add_argument("--name", default=None, help="output file stem (default floor_variability)")
     args = parser.parse_args(argv)
@@ -142,10 +147,12 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     report = {**quality.run_metadata(argv, "benchmarks/floor_variability.py"), "benchmark": "floor_variability",
-              "setting": setting.name, "epochs": args.epochs or profile.train["epochs"], "runs": []}
+              "setting": setting.name, "epochs": args.epochs or profile.train["epochs"],
+              "lr_schedule": args.lr_schedule, "runs": []}
     for noise_seed, train_seed in pairs:
         print(f"[{setting.name}] noise seed {noise_seed}, training seed {train_seed} ...", flush=True)
-        report["runs"].append(floor_run(data, spec, profile, setting, noise_seed, train_seed, args.epochs))
+        report["runs"].append(floor_run(data, spec, profile, setting, noise_seed, train_seed, args.epochs,
+                                        args.lr_schedule))
         print(f"    test Dice {report['runs'][-1]['test_dice']:.4f}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,12 @@ from benchmarks import quality  # noqa: E402  (the same module the tests import)
 
 
 def _budgets(report: dict) -> dict:
-    """``{dataset: {(epochs, minutes)}}`` of a report's training runs (a merged report's own record)."""
+    """``{dataset: {(epochs, minutes, lr_schedule)}}`` of a report's training runs (a merged
+    report's own record; runs from before the schedule existed were constant)."""
     if "budgets" in report:
-        return {name: {tuple(budget)} for name, budget in report["budgets"].items()}
-    return {name: {(config.get("epochs"), config.get("minutes")) for config in by_method.values()}
+        return {name: {(tuple(budget) + ("constant",))[:3]} for name, budget in report["budgets"].items()}
+    return {name: {(config.get("epochs"), config.get("minutes"), config.get("lr_schedule", "constant"))
+                   for config in by_method.values()}
             for name, by_method in report.get("configs", {}).items()}
 
 
@@ -74,7 +76,7 @@ def merge_reports(reports: list, settings: list | None = None, allow_reference_d
     -------
     dict
         ``profile``, ``seeds``, ``settings``, ``noise``, ``rows``, ``summary`` (as
-        ``quality.py`` writes them), ``budgets`` (``{dataset: [epochs, minutes]}``) and
+        ``quality.py`` writes them), ``budgets`` (``{dataset: [epochs, minutes, lr_schedule]}``) and
         ``sources`` (command, commit, date, CPU per input) and ``reference_drift``
         (one entry per floor/ceiling row that differed; empty when none did).
 
@@ -95,7 +97,7 @@ def merge_reports(reports: list, settings: list | None = None, allow_reference_d
         for dataset, budget in _budgets(report).items():
             budgets.setdefault(dataset, set()).update(budget)
     if mixed := {name: sorted(b, key=str) for name, b in budgets.items() if len(b) > 1}:
-        raise ValueError(f"cannot merge runs with different training budgets (epochs, minutes): {mixed}")
+        raise ValueError(f"cannot merge runs with different training budgets (epochs, minutes, lr_schedule): {mixed}")
     keep = set(settings) if settings else None
     rows: dict = {}
     noise: dict = {}

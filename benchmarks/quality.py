@@ -324,10 +324,12 @@ def history_digest(history: dict) -> dict:
 
 
 def make_config(method: str, seed: int, profile: DatasetProfile, params: dict, minutes=None, epochs=None,
-                device="auto") -> TrainConfig:
+                device="auto", lr_schedule=None) -> TrainConfig:
     train = dict(profile.train)
     if epochs is not None:
         train["epochs"] = int(epochs)
+    if lr_schedule is not None:
+        train["lr_schedule"] = lr_schedule
     config = TrainConfig(method=method, seed=seed, device=device, params=dict(params), **train)
     if minutes:
         config.minutes = float(minutes)
@@ -359,7 +361,7 @@ class Benchmark:
     """Runs settings × seeds × methods and collects rows (see :func:`run_benchmark`)."""
 
     def __init__(self, data_dir, settings, methods, seeds, profile, datasets, method_params, minutes, epochs,
-                 device, log):
+                 device, log, lr_schedule=None):
         self.data_dir = data_dir
         self.settings = settings
         self.methods = methods
@@ -369,6 +371,7 @@ class Benchmark:
         self.method_params = method_params
         self.minutes = minutes
         self.epochs = epochs
+        self.lr_schedule = lr_schedule
         self.device = device
         self.log = log
         self.rows: list = []
@@ -389,7 +392,7 @@ class Benchmark:
 
     def config(self, method, seed, dataset_name):
         config = make_config(method, seed, self.profile[dataset_name], self.method_params.get(method, {}),
-                             self.minutes, self.epochs, self.device)
+                             self.minutes, self.epochs, self.device, self.lr_schedule)
         module = get_method(method)
         self.configs.setdefault(dataset_name, {})[method] = {
             **config.to_dict(), "params": {**getattr(module, "DEFAULTS", {}), **config.params},
@@ -530,7 +533,7 @@ def select_settings(names, settings=None, quick: bool = False) -> list:
 
 def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="quick", datasets=None,
                   method_params=None, minutes=None, epochs=None, device="auto", log=None,
-                  on_partial=None, train_seeds=None) -> dict:
+                  on_partial=None, train_seeds=None, lr_schedule=None) -> dict:
     """Run the quality benchmark and return the report (JSON-safe dict).
 
     Parameters
@@ -559,6 +562,9 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     on_partial : callable, optional
         Called with the report so far (``"partial": True``) after every setting × seed
         × training seed, so that a long run that is stopped keeps what it finished.
+    lr_schedule : {"constant", "cosine"}, optional
+        Override every run's ``TrainConfig.lr_schedule`` (default: the profile's,
+        constant).
     train_seeds : sequence of int, optional
         Train every method (floor and ceiling included) once per training seed on each
         noise draw, so that the spread from training alone is measured apart from the
@@ -588,7 +594,7 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     data_dir = check_data(data_dir, needed)
     started = time.perf_counter()
     bench = Benchmark(data_dir, settings, methods, list(seeds), profile, datasets, dict(method_params or {}),
-                      minutes, epochs, device, log)
+                      minutes, epochs, device, log, lr_schedule)
     done = []
     last = (settings[-1], seeds[-1], seeds[-1] if train_seeds is None else train_seeds[-1])
 
@@ -715,6 +721,11 @@ def markdown(report: dict) -> str:
     runs = f"seeds {', '.join(map(str, report['seeds']))}"
     if report.get("train_seeds"):
         runs += f" × training seeds {', '.join(map(str, report['train_seeds']))}"
+    schedules = {config.get("lr_schedule", "constant") for by_method in report.get("configs", {}).values()
+                 for config in by_method.values()}
+    schedules |= {(list(budget) + ["constant"])[2] for budget in report.get("budgets", {}).values()}
+    if schedules - {"constant"}:
+        runs += f", {'/'.join(sorted(schedules))} learning rate"
     lines = [f"# Quality benchmark ({report['profile']}, {runs})", ""]
     if report.get("partial"):
         lines += ["**Partial report**: the run was still going (or was stopped); only the settings below "
@@ -738,7 +749,8 @@ def markdown(report: dict) -> str:
                          f"Dice(noisy, clean) = {given:.3f}.")
             lines.append("")
         header = ["row", "test Dice"] + (["per class"] if multi else []) + [
-            "HD95", "gap rec.", "Δ floor (runs above)", "AUROC", "AP", "F1@0.5", "AP>prior", "Dice corrected", "wall s"]
+            "HD95", "gap rec.", "Δ floor (runs above)", "AUROC", "AP", "F1@0.5", "AP>prior", "Dice corrected",
+            "wall s"]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join("---" for _ in header) + "|")
         for summary in rows:
@@ -877,6 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: train with the noise seed)")
     parser.add_argument("--minutes", type=float, default=None, help="time budget per training run")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget per training run")
+    parser.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+                        help="learning-rate schedule of every run (default: constant)")
     parser.add_argument("--params", action="append", default=[], help="METHOD.NAME=VALUE (repeatable)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None,
@@ -921,7 +935,7 @@ def main(argv=None) -> int:
         settings = select_settings([s.strip() for s in args.settings.split(",") if s.strip()], quick=args.quick)
         report = run_benchmark(data_dir, settings, methods, seeds, profile, method_params=parse_params(args.params),
                                minutes=args.minutes, epochs=args.epochs, device=args.device,
-                               on_partial=write_partial, train_seeds=train_seeds)
+                               on_partial=write_partial, train_seeds=train_seeds, lr_schedule=args.lr_schedule)
     except (DataError, ValueError, io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

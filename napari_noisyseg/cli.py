@@ -85,6 +85,7 @@ def cmd_train(args) -> int:
         width=args.width,
         depth=args.depth,
         learning_rate=args.lr,
+        lr_schedule=args.lr_schedule,
         params=_parse_params(args.param),
     )
     check_new_dir(args.out, args.overwrite)  # fail before training, not after it
@@ -133,7 +134,7 @@ def cmd_compare(args) -> int:
     config_kwargs = dict(
         epochs=args.epochs, minutes=args.minutes, device=args.device, precision=args.precision, seed=args.seed,
         patch_size=args.patch_size, batch_size=args.batch_size, width=args.width, depth=args.depth,
-        learning_rate=args.lr,
+        learning_rate=args.lr, lr_schedule=args.lr_schedule,
     )
     check_new_dir(args.out, args.overwrite)  # fail before training, not after it
     loaded = load_pairs(args.images, args.labels)
@@ -208,6 +209,8 @@ def _add_training_options(p, seed_help=None) -> None:
     p.add_argument("--width", type=int, default=16, help="U-Net channels at the first level")
     p.add_argument("--depth", type=int, default=4, help="U-Net down-sampling steps")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="constant, or cosine decay to 0 over each training phase")
 
 
 def build_parser() -> argparse.ArgumentParser:

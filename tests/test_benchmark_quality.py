@@ -117,6 +117,17 @@ def test_merge_combines_seeds_and_later_rows_win(report, tmp_path):
             config["epochs"] = 3 * config["epochs"]
     with pytest.raises(ValueError, match="different training budgets"):
         merge_quality.merge_reports([saved, longer])
+    # Nor one with another learning-rate schedule (runs from before it existed were constant).
+    cosine = json.loads(json.dumps(rerun))
+    for by_method in cosine["configs"].values():
+        for config in by_method.values():
+            config["lr_schedule"] = "cosine"
+    assert "cosine learning rate" in quality.markdown(cosine) and "learning rate" not in quality.markdown(rerun)
+    with pytest.raises(ValueError, match="different training budgets.*cosine"):
+        merge_quality.merge_reports([saved, cosine])
+    for config in (c for by_method in saved["configs"].values() for c in by_method.values()):
+        config.pop("lr_schedule", None)
+    assert merge_quality.merge_reports([saved, rerun])["budgets"] == merged["budgets"]
     # The same seed on another kind of CPU: its floor differs, so its methods were judged
     # against another floor. The merge stops unless told, then records the difference.
     elsewhere = json.loads(json.dumps(rerun))

@@ -77,7 +77,7 @@ def test_console_script_help():
         ("simulate", ["--labels", "--images", "--noise", "--fraction", "--severity", "--seed", "--per-slice",
                       "--param", "--out", "--overwrite", "erode_dilate", "model_noise", "noise_mask"]),
         ("train", ["--images", "--labels", "--method", "--epochs", "--minutes", "--device", "--precision",
-                   "--seed", "--mode", "--patch-size", "--batch-size", "--width", "--depth", "--param",
+                   "--seed", "--mode", "--patch-size", "--batch-size", "--width", "--depth", "--lr-schedule", "--param",
                    "--out", "--overwrite", "model.safetensors", "proposals.csv"]),
         ("predict", ["--model", "--images", "--out", "--device", "--overwrite"]),
         ("evaluate", ["--pred", "--truth", "--noise", "--noise-truth", "--json"]),
@@ -148,6 +148,7 @@ def test_train_layout(pipeline_2d):
     history = json.loads((run / "history.json").read_text())
     assert history["method"] == "baseline" and history["stopped"] is False
     assert history["config"]["epochs"] == 2 and history["config"]["width"] == 8
+    assert history["config"]["lr_schedule"] == "constant"
     assert history["history"]["epoch"] == [0, 1] and len(history["history"]["loss"]) == 2
     assert sorted(history["sample_reliability"]) == sorted(stems)
     with open(run / "proposals.csv", newline="") as handle:

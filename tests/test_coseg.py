@@ -335,3 +335,16 @@ def test_stage4_target_masks_uncertain_pixels_of_unjoined_samples():
     with pytest.raises(ValueError, match="join_dice"):
         coseg.check_params(dict(base_params, join_dice=-1))
     coseg.check_params(dict(base_params, join_dice=None))  # None: corrected samples never join
+
+
+def test_cosine_schedule_restarts_for_the_stage4_network(crops):
+    """With lr_schedule="cosine" stage 1's pair and stage 4's fresh network each get a
+    whole cosine: the rate decays through stage 1, jumps back up, decays again."""
+    dataset = _dataset(crops).subset([0, 1, 4, 5])
+    result = coseg.fit(dataset, TrainConfig(method="coseg", epochs=4, lr_schedule="cosine", **TINY))
+    stages, rates = result.history["stage"], result.history["learning_rate"]
+    first = [r for s, r in zip(stages, rates) if s == 1]
+    final = [r for s, r in zip(stages, rates) if s == 4]
+    assert len(first) >= 2 and len(final) >= 2
+    assert all(a > b for a, b in zip(first, first[1:])) and all(a > b for a, b in zip(final, final[1:]))
+    assert final[0] > first[-1] and max(first[-1], final[-1]) < 0.2e-3

@@ -399,3 +399,29 @@ def test_training_run_budget_helpers(dataset):
     assert as_progress(log).callback is log and as_progress(None).callback is None
     with pytest.raises(TypeError):
         as_progress(42)
+
+
+def test_cosine_schedule_decays_each_phase_to_zero(dataset):
+    """lr_schedule="cosine": the rate follows a half cosine over each optimiser's phase
+    (the run by default), step by step; "constant" never touches it."""
+    run = TrainingRun(dataset, small_config(epochs=4, lr_schedule="cosine"))
+    per_epoch = run.steps_per_epoch
+    assert per_epoch == 3 * 4 // 4  # three 128² crops, four 64² patches each, batches of four
+    whole, _ = run.new_model()
+    stage, _ = run.new_model(seed_offset=1)
+    run.lr_phase(stage, start_epoch=2, n_epochs=2)
+    assert run.lr_factor(whole, 0) == 1.0 and run.lr_factor(whole, 2) == pytest.approx(0.5)
+    assert run.lr_factor(stage, 2) == 1.0 and run.lr_factor(stage, 3) == pytest.approx(0.5)
+    assert run.lr_factor(stage, 1) == 1.0  # before its phase: not started
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainingRun(dataset, small_config(lr_schedule="step"))
+    constant = TrainingRun(dataset, small_config(epochs=4))
+    assert constant.lr_factor(whole, 3) == 1.0
+
+    # A real run: the rate falls within and across epochs and ends near zero.
+    result = baseline.fit(dataset, small_config(epochs=4, lr_schedule="cosine"))
+    rates = result.history["learning_rate"]  # the last step's rate of each epoch
+    assert len(rates) == 4 and all(a > b for a, b in zip(rates, rates[1:]))
+    last = 0.5 * (1 + np.cos(np.pi * (3 + (per_epoch - 1) / per_epoch) / 4))
+    assert rates[0] < 1e-3 and rates[-1] == pytest.approx(1e-3 * last)
+    assert "learning_rate" not in baseline.fit(dataset, small_config(epochs=1)).history

@@ -8,6 +8,7 @@ tracking against the current training labels, and batched inference.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import defaultdict
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.patches import PatchSampler, crop, effective_patch_size, valid_mask
+from ..core.patches import PatchSampler, crop, effective_patch_size, patches_per_sample, valid_mask
 from .device import numeric_path, resolve_device
 from .events import EpochEvent, PreviewEvent, StateEvent, StepEvent, as_progress
 from .infer import predict_many
@@ -24,6 +25,7 @@ from .unet import UNet
 
 # Fraction of a time budget kept for the final predictions over every sample.
 PREDICTION_RESERVE = 0.15
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def seed_everything(seed: int) -> None:
@@ -66,6 +68,8 @@ class TrainingRun:
         self.progress = as_progress(events)
         if not config.minutes and config.epochs is None:
             raise ValueError("no training budget: set epochs (an int) or minutes (> 0)")
+        if config.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}")
         self.device, self.device_note = resolve_device(config.device)
         self.path = numeric_path(self.device, config.precision)
         seed_everything(config.seed)
@@ -81,6 +85,11 @@ class TrainingRun:
         self.history: dict = defaultdict(list)
         self._confusion = None
         self._epoch_losses: dict = defaultdict(list)
+        self._lr_phases: dict = {}
+        self._lr_steps: dict = {}
+        # Optimisation steps in one epoch over every sample.
+        patches = sum(patches_per_sample(shape, self.patch_size) for shape in shapes)
+        self.steps_per_epoch = max(1, math.ceil(patches / config.batch_size))
         self.progress.emit(StateEvent("starting", self.device_note or f"Training on {self.path.name}."))
 
     # ----- budget and stopping -------------------------------------------------
@@ -130,12 +139,44 @@ class TrainingRun:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         return model, optimizer
 
+    def lr_phase(self, optimizer, start_epoch: int = 0, n_epochs=None) -> None:
+        """The epochs over which ``optimizer`` follows the learning-rate schedule.
+
+        Optimisers never given a phase follow it over the whole run. ``n_epochs`` may
+        be a callable (re-read at every step: a time budget's plan changes after the
+        first epoch).
+        """
+        self._lr_phases[id(optimizer)] = (int(start_epoch), n_epochs)
+
+    def lr_factor(self, optimizer, epoch: int) -> float:
+        """Multiplier of ``learning_rate`` for ``optimizer``'s next step in ``epoch``."""
+        if self.config.lr_schedule == "constant":
+            return 1.0
+        start, n_epochs = self._lr_phases.get(id(optimizer), (0, None))
+        n_epochs = n_epochs() if callable(n_epochs) else n_epochs
+        n_epochs = self.planned_epochs() - start if n_epochs is None else n_epochs
+        seen_epoch, steps = self._lr_steps.get(id(optimizer), (epoch, 0))
+        within = min(steps if seen_epoch == epoch else 0, self.steps_per_epoch) / self.steps_per_epoch
+        progress = min(max((epoch - start + within) / max(n_epochs, 1), 0.0), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _schedule(self, optimizer, epoch: int) -> None:
+        factor = self.lr_factor(optimizer, epoch)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
+        seen_epoch, steps = self._lr_steps.get(id(optimizer), (epoch, 0))
+        self._lr_steps[id(optimizer)] = (epoch, steps + 1 if seen_epoch == epoch else 1)
+        self._last_lr = optimizer.param_groups[0]["lr"]
+
     def make_scaler(self):
         return torch.amp.GradScaler(self.device.type) if self.path.grad_scaler else None
 
     def step(self, optimizer, loss: torch.Tensor, scaler=None, epoch: int = 0, losses: dict | None = None) -> None:
         """Backward, optimiser step, bookkeeping, a :class:`StepEvent`."""
         optimizer.zero_grad(set_to_none=True)
+        if self.config.lr_schedule != "constant":
+            self._schedule(optimizer, epoch)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -220,6 +261,8 @@ class TrainingRun:
             self._confusion = None
         self.history["epoch"].append(epoch)
         self.history["elapsed_s"].append(round(self.elapsed, 3))
+        if self.config.lr_schedule != "constant":
+            self.history["learning_rate"].append(getattr(self, "_last_lr", None))
         for key, value in {**record, **metrics, **extra}.items():
             self.history[key].append(value)
         if self.total_epochs is None:

@@ -31,6 +31,12 @@ class TrainConfig:
         Same seed, same device → same result.
     patch_size, batch_size : int
         Square training patches; samples smaller than a patch are padded.
+    learning_rate, weight_decay : float
+        AdamW's.
+    lr_schedule : {"constant", "cosine"}
+        ``"constant"`` (default): ``learning_rate`` throughout. ``"cosine"``: each
+        optimiser's rate falls from ``learning_rate`` to 0 along a half cosine over
+        its own training phase (the whole run, or a method's stage), step by step.
     width, depth, dropout : U-Net size (see :class:`napari_noisyseg.engine.unet.UNet`).
     preview_every : int
         Emit a :class:`PreviewEvent` every this many steps (0 = never).
@@ -49,6 +55,7 @@ class TrainConfig:
     patch_size: int = 256
     batch_size: int = 8
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 1e-4
     width: int = 16
     depth: int = 4

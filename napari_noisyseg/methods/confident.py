@@ -389,10 +389,12 @@ def fit(dataset, config, events=None):
             if phase < n_folds:
                 state["model"], optimizer = run.new_model(seed_offset=phase)
                 models[f"fold{phase}"] = state["model"]
+                run.lr_phase(optimizer, epoch, fold_epochs)
             else:
                 confident_learning()
                 state["model"], optimizer = run.new_model(seed_offset=n_folds)
                 models["final"] = state["model"]
+                run.lr_phase(optimizer, epoch, final_epochs)
         if phase < n_folds:
             _train_epoch(run, state["model"], optimizer, scaler, epoch, oof.training_samples(phase),
                          fold_extras, preview, mask_fold=phase if fold_extras else None)

@@ -200,7 +200,6 @@ import torch
 from torch.nn import functional as F
 
 from ..core import metrics
-from ..core.patches import patches_per_sample
 from ..engine.losses import ce_dice_per_sample, ce_map
 from ..engine.train import TrainingRun
 from .base import (class_iou, learnt_class_ids, learnt_classes, noise_from_probabilities, pooled_valid,
@@ -353,12 +352,6 @@ def select_pixels(
             threshold = values.kthvalue(count - budget).values  # keep the count − budget smallest
             keep[index] &= ~(droppable & (scores[index] > threshold))
     return keep
-
-
-def steps_per_epoch(run) -> int:
-    """Optimisation steps in one epoch over every sample."""
-    patches = sum(patches_per_sample(s.shape, run.patch_size) for s in run.dataset.samples)
-    return max(1, math.ceil(patches / run.config.batch_size))
 
 
 def update_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -561,12 +554,14 @@ def _fit(dataset, config, events, previous):
         budget_stage1 = stage1_epochs(run.total_epochs, ratio_stage1)
         run.total_epochs += budget_stage1
     stage4 = None
+    run.lr_phase(optimizer, 0, lambda: budget_stage1 or timed_stage1_epochs(run.planned_epochs(), ratio_stage1))
     for epoch in run.epochs():
         if state["stage"] == 1:
             end = budget_stage1 or timed_stage1_epochs(run.planned_epochs(), ratio_stage1)
             if epoch >= end:
                 state["stage1_end"] = epoch
                 stage4 = _prepare_stage4(run, dataset, params, record, model_f, model_g, previous)
+                run.lr_phase(stage4["optimizer"], epoch, lambda start=epoch: run.planned_epochs() - start)
                 state["stage"] = 4
             else:
                 t_k = effective_t_k(params["t_k"], end)
@@ -747,7 +742,7 @@ def _prepare_stage4(run, dataset, params, record, model_f, model_g, previous):
         model.load_state_dict(model_f.state_dict())
     return {"start": start, "stage1": stage1, "labels": labels, "masks": masks, "model": model, "optimizer": optimizer,
             "extras": {"labels": (labels, 0), "mask": (masks, 0.0)}, "epochs": 0, "steps": 0,
-            "steps_per_epoch": steps_per_epoch(run)}
+            "steps_per_epoch": run.steps_per_epoch}
 
 
 def _stage4_epoch(run, stage4, scaler, epoch) -> None:
