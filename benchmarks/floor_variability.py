@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--setting", default="bbbc039/markov_boundary", help="a quality.py setting name")
     parser.add_argument("--pairs", default="0:0,0:1,1:0,1:1", help="NOISE:TRAIN seed pairs, comma-separated")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the full profile's)")
-    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+    parser.add_argument("--lr-schedule", default="constant", choices=quality.LR_SCHEDULES,
                         help="the floor's learning-rate schedule (default constant, as quality.py)")
     parser.add_argument("--out", default=str(quality.DEFAULT_OUT), help="results folder")
     parser.add_argument("--name", default=None, help="output file stem (default floor_variability)")
@@ -157,8 +157,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or "floor_variability"
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
-    (out / f"{name}.md").write_text(markdown(report))
+    quality.io.atomic_write_text(out / f"{name}.json", json.dumps(report, indent=1), overwrite=True)
+    quality.io.atomic_write_text(out / f"{name}.md", markdown(report), overwrite=True)
     print(markdown(report))
     print(f"wrote {out / name}.json and .md")
     return 0

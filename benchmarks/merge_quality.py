@@ -32,16 +32,6 @@ if str(ROOT) not in sys.path:
 from benchmarks import quality  # noqa: E402  (the same module the tests import)
 
 
-def _budgets(report: dict) -> dict:
-    """``{dataset: {(epochs, minutes, lr_schedule)}}`` of a report's training runs (a merged
-    report's own record; runs from before the schedule existed were constant)."""
-    if "budgets" in report:
-        return {name: {(tuple(budget) + ("constant",))[:3]} for name, budget in report["budgets"].items()}
-    return {name: {(config.get("epochs"), config.get("minutes"), config.get("lr_schedule", "constant"))
-                   for config in by_method.values()}
-            for name, by_method in report.get("configs", {}).items()}
-
-
 REFERENCE_KINDS = ("floor", "ceiling")
 SOURCE_KEYS = ("command", "git_commit", "git_dirty", "date", "seeds", "methods")
 
@@ -94,7 +84,7 @@ def merge_reports(reports: list, settings: list | None = None, allow_reference_d
         raise ValueError(f"cannot merge different profiles: {sorted(map(str, profiles))}")
     budgets: dict = {}
     for report in reports:
-        for dataset, budget in _budgets(report).items():
+        for dataset, budget in quality.run_budgets(report).items():
             budgets.setdefault(dataset, set()).update(budget)
     if mixed := {name: sorted(b, key=str) for name, b in budgets.items() if len(b) > 1}:
         raise ValueError(f"cannot merge runs with different training budgets (epochs, minutes, lr_schedule): {mixed}")

@@ -78,6 +78,7 @@ from napari_noisyseg.core.model_noise import simulate_model_noise  # noqa: E402
 from napari_noisyseg.core.noise import simulate_noise  # noqa: E402
 from napari_noisyseg.engine.device import numeric_path, resolve_device  # noqa: E402
 from napari_noisyseg.engine.infer import predict_many  # noqa: E402
+from napari_noisyseg.engine.train import LR_SCHEDULES  # noqa: E402
 from napari_noisyseg.methods import REGISTRY, TrainConfig, get_method  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -653,6 +654,16 @@ def _flat_metrics(row: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def run_budgets(report: dict) -> dict:
+    """``{dataset: {(epochs, minutes, lr_schedule)}}`` of a report's training runs (a merged
+    report's own record; runs from before the schedule existed were constant)."""
+    if "budgets" in report:
+        return {name: {(tuple(budget) + ("constant",))[:3]} for name, budget in report["budgets"].items()}
+    return {name: {(config.get("epochs"), config.get("minutes"), config.get("lr_schedule", "constant"))
+                   for config in by_method.values()}
+            for name, by_method in report.get("configs", {}).items()}
+
+
 def run_key(row: dict) -> tuple:
     """(setting, noise seed, training seed) of a row; runs before ``--train-seeds``
     existed trained with the noise seed."""
@@ -721,9 +732,7 @@ def markdown(report: dict) -> str:
     runs = f"seeds {', '.join(map(str, report['seeds']))}"
     if report.get("train_seeds"):
         runs += f" × training seeds {', '.join(map(str, report['train_seeds']))}"
-    schedules = {config.get("lr_schedule", "constant") for by_method in report.get("configs", {}).values()
-                 for config in by_method.values()}
-    schedules |= {(list(budget) + ["constant"])[2] for budget in report.get("budgets", {}).values()}
+    schedules = {budget[2] for budgets in run_budgets(report).values() for budget in budgets}
     if schedules - {"constant"}:
         runs += f", {'/'.join(sorted(schedules))} learning rate"
     lines = [f"# Quality benchmark ({report['profile']}, {runs})", ""]
@@ -889,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: train with the noise seed)")
     parser.add_argument("--minutes", type=float, default=None, help="time budget per training run")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget per training run")
-    parser.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"],
+    parser.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                         help="learning-rate schedule of every run (default: constant)")
     parser.add_argument("--params", action="append", default=[], help="METHOD.NAME=VALUE (repeatable)")
     parser.add_argument("--device", default="auto")

@@ -87,6 +87,7 @@ class TrainingRun:
         self._epoch_losses: dict = defaultdict(list)
         self._lr_phases: dict = {}
         self._lr_steps: dict = {}
+        self._last_lr = None
         # Optimisation steps in one epoch over every sample.
         patches = sum(patches_per_sample(shape, self.patch_size) for shape in shapes)
         self.steps_per_epoch = max(1, math.ceil(patches / config.batch_size))
@@ -155,18 +156,21 @@ class TrainingRun:
         start, n_epochs = self._lr_phases.get(id(optimizer), (0, None))
         n_epochs = n_epochs() if callable(n_epochs) else n_epochs
         n_epochs = self.planned_epochs() - start if n_epochs is None else n_epochs
-        seen_epoch, steps = self._lr_steps.get(id(optimizer), (epoch, 0))
-        within = min(steps if seen_epoch == epoch else 0, self.steps_per_epoch) / self.steps_per_epoch
+        within = min(self._steps_in_epoch(optimizer, epoch), self.steps_per_epoch) / self.steps_per_epoch
         progress = min(max((epoch - start + within) / max(n_epochs, 1), 0.0), 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _steps_in_epoch(self, optimizer, epoch: int) -> int:
+        """Steps ``optimizer`` has taken so far in ``epoch``."""
+        seen_epoch, steps = self._lr_steps.get(id(optimizer), (epoch, 0))
+        return steps if seen_epoch == epoch else 0
 
     def _schedule(self, optimizer, epoch: int) -> None:
         factor = self.lr_factor(optimizer, epoch)
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"] * factor
-        seen_epoch, steps = self._lr_steps.get(id(optimizer), (epoch, 0))
-        self._lr_steps[id(optimizer)] = (epoch, steps + 1 if seen_epoch == epoch else 1)
+        self._lr_steps[id(optimizer)] = (epoch, self._steps_in_epoch(optimizer, epoch) + 1)
         self._last_lr = optimizer.param_groups[0]["lr"]
 
     def make_scaler(self):
@@ -262,7 +266,7 @@ class TrainingRun:
         self.history["epoch"].append(epoch)
         self.history["elapsed_s"].append(round(self.elapsed, 3))
         if self.config.lr_schedule != "constant":
-            self.history["learning_rate"].append(getattr(self, "_last_lr", None))
+            self.history["learning_rate"].append(self._last_lr)
         for key, value in {**record, **metrics, **extra}.items():
             self.history[key].append(value)
         if self.total_epochs is None:
