@@ -34,7 +34,7 @@ from napari_noisyseg.engine.events import (
 )
 from napari_noisyseg.engine.infer import predict_many, predict_probabilities
 from napari_noisyseg.engine.train import PREDICTION_RESERVE, TrainingRun
-from napari_noisyseg.engine.unet import UNet, build_unet
+from napari_noisyseg.engine.unet import UNet, build_unet, set_dropout
 from napari_noisyseg.methods import TrainConfig, baseline
 
 BBBC = Path(__file__).resolve().parents[1] / "sample_data" / "bbbc039"
@@ -122,6 +122,20 @@ def test_unet_spec_rebuilds_the_same_network_and_refuses_bad_settings():
         UNet(ndim=4)
     with pytest.raises(ValueError, match="up_mode"):
         UNet(up_mode="nearest")
+
+
+def test_set_dropout_switches_only_the_dropout_layers():
+    torch.manual_seed(2)
+    model = UNet(in_channels=1, n_classes=2, width=8, depth=2, dropout=0.5).train()
+    x = torch.randn(2, 1, 16, 16)
+    set_dropout(model, False)
+    assert model.training and all(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.testing.assert_close(model(x), model(x))  # batch statistics, no dropout: the same output twice
+    set_dropout(model, True)
+    assert not torch.allclose(model(x), model(x))  # channel dropout samples differ
+    model.eval()
+    set_dropout(model, True)  # Monte-Carlo sampling of a model in eval mode
+    assert not torch.allclose(model(x), model(x))
 
 
 # ----------------------------------------------------------------------------- device and numeric path

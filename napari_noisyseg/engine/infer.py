@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ..core.patches import round_up
 from .device import NumericPath
+from .unet import set_dropout
 
 
 def _window(size: int) -> np.ndarray:
@@ -161,9 +162,7 @@ def _ensemble_softmax_eval(models, batch, path, flip_tta: bool, mc_dropout: int)
     for model in models:
         model.eval()
         if mc_dropout:
-            for module in model.modules():
-                if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Dropout3d)):
-                    module.train()
+            set_dropout(model, True)
     total, count = 0, 0
     for model in models:
         for _ in range(max(1, mc_dropout)):

@@ -23,6 +23,16 @@ def _dropout(ndim: int):
     return nn.Dropout2d if ndim == 2 else nn.Dropout3d
 
 
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout2d, nn.Dropout3d)
+
+
+def set_dropout(model: nn.Module, active: bool) -> None:
+    """Switch only the dropout layers of ``model`` on (sampling) or off, whatever its mode."""
+    for module in model.modules():
+        if isinstance(module, DROPOUT_TYPES):
+            module.train(active)
+
+
 class ConvBlock(nn.Sequential):
     """Two 3×3(×3) convolutions, each followed by batch norm and ReLU."""
 

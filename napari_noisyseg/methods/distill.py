@@ -130,6 +130,12 @@ dropout : float, 0.05
     baseline with dropout 0.1 reached 0.853 against 0.885 without (BBBC039
     erode/dilate, full benchmark, seed 0); distill with ε = 0 reached 0.871 with
     dropout 0.05 and warm-up 0.5, 0.849 with dropout 0.1 and warm-up 0.2.
+train_dropout : bool, True
+    **(ours)** Whether the student trains with its dropout layers on. METHODS.md
+    asks for dropout samples of the teacher, not for a student trained with
+    dropout; with False the student trains like the baseline and the dropout
+    layers act only when the teacher is sampled (their weights are the
+    student's EMA either way).
 warmup_fraction : float, 0.5
     Fraction of the planned epochs trained with plain CE + Dice first. **(ours)**
     Raised from 0.2: in a 6-epoch run one warm-up epoch leaves a teacher whose
@@ -187,6 +193,7 @@ from ..engine.ema import EMATeacher
 from ..engine.infer import predict_many
 from ..engine.losses import ce_dice_loss, masked_mean, soft_ce_map, soft_dice_per_sample
 from ..engine.train import TrainingRun
+from ..engine.unet import set_dropout
 from .base import class_recall, learnt_class_ids, learnt_classes, result_from_run, unlearnt_pixels
 
 NAME = "distill"
@@ -196,6 +203,7 @@ DEFAULTS: dict = {
     "ema_decay": 0.99,
     "mc_samples": 8,
     "dropout": 0.05,
+    "train_dropout": True,
     "warmup_fraction": 0.5,
     "refresh_every": 2,
     "image_fraction": 0.3,
@@ -500,6 +508,7 @@ def fit(dataset, config, events=None):
             selected = select_noisy_images(maps["scores"], params["image_fraction"], params["image_select"])
             weights = training_weights(run, maps, selected)
         student.train()
+        set_dropout(student, bool(params["train_dropout"]))
         extras = {"pseudo": (maps["pseudo"], 0), "weight": (weights, 0.0)} if robust else None
         for batch in run.batches(extras=extras):
             with run.path.autocast():
