@@ -135,7 +135,10 @@ train_dropout : bool, True
     asks for dropout samples of the teacher, not for a student trained with
     dropout; with False the student trains like the baseline and the dropout
     layers act only when the teacher is sampled (their weights are the
-    student's EMA either way).
+    student's EMA either way). Measured (full benchmark, BBBC039 erode/dilate,
+    seed 0, floor 0.885): 0.865 with False against 0.859 with True (with
+    False noise AP 0.490, Dice(corrected, clean) 0.812): within a seed's spread
+    and still below the floor, so the default stays True.
 warmup_fraction : float, 0.5
     Fraction of the planned epochs trained with plain CE + Dice first. **(ours)**
     Raised from 0.2: in a 6-epoch run one warm-up epoch leaves a teacher whose
