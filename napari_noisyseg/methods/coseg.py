@@ -50,6 +50,17 @@ score : {"own", "joint"}
     favouring samples the two networks agree on. ``loss`` is the mean pixel CE +
     soft Dice of the patch; ``Dice(f, g)`` the soft foreground Dice between the two
     probability maps. Per pixel (pixel mode): pixel CE and ``½·Σ_k |p_f − p_g|``.
+sample_loss : {"ce_dice", "ce"}
+    **(ours)** The loss in a sample's score: the spec's mean pixel CE + soft Dice
+    (``"ce_dice"``, default) or the mean pixel CE alone (``"ce"``). The update
+    loss is CE + soft Dice either way; ``history["loss_f"]``/``["loss_g"]`` report
+    the score's loss. The soft Dice of a patch falls as its foreground grows, so
+    it ranks patches by how much foreground they hold as much as by how wrong
+    their labels are. Measured on ``bbbc039/dilate_half`` (half the images'
+    nuclei dilated 2–5 px; full benchmark, noise and training seed 0): "ce" kept
+    the dilated images more, not less (selection record against the dilated
+    images, AUROC 0.20 against 0.41 with "ce_dice") and trained a worse network
+    (0.907 against 0.920; floor 0.832). The default stays the spec's.
 tau : float
     Mean-confidence threshold of the label correction (0.8).
 join_dice : float or None
@@ -200,7 +211,7 @@ import torch
 from torch.nn import functional as F
 
 from ..core import metrics
-from ..engine.losses import ce_dice_per_sample, ce_map
+from ..engine.losses import ce_dice_per_sample, ce_map, per_sample
 from ..engine.train import TrainingRun
 from .base import (class_iou, learnt_class_ids, learnt_classes, noise_from_probabilities, pooled_valid,
                    result_from_run, unlearnt_pixels)
@@ -213,6 +224,7 @@ DEFAULTS: dict = {
     "t_k": 10.0,
     "lambda_agree": 1.0,
     "score": "own",
+    "sample_loss": "ce_dice",
     "tau": 0.8,
     "join_dice": 0.9,
     "stage1_ratio": 0.6,
@@ -227,6 +239,7 @@ DEFAULTS: dict = {
 GRANULARITIES = ("pixel", "image")
 COLLAPSE_RATIO = 0.25
 SCORES = ("own", "joint")
+SAMPLE_LOSSES = ("ce_dice", "ce")
 STAGE4_INITS = ("auto", "f", "fresh")
 
 
@@ -239,6 +252,8 @@ def check_params(params: dict) -> dict:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {params['granularity']!r}")
     if params["score"] not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, not {params['score']!r}")
+    if params["sample_loss"] not in SAMPLE_LOSSES:
+        raise ValueError(f"sample_loss must be one of {SAMPLE_LOSSES}, not {params['sample_loss']!r}")
     if params["join_dice"] is not None and not float(params["join_dice"]) >= 0.0:
         raise ValueError(f"join_dice must be >= 0 or None (never join), not {params['join_dice']}")
     if params["stage4_init"] not in STAGE4_INITS:
@@ -352,6 +367,13 @@ def select_pixels(
             threshold = values.kthvalue(count - budget).values  # keep the count − budget smallest
             keep[index] &= ~(droppable & (scores[index] > threshold))
     return keep
+
+
+def sample_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, kind: str) -> torch.Tensor:
+    """Each sample's loss for the selection score, shape (N,): CE + soft Dice (``"ce_dice"``) or CE alone."""
+    if kind == "ce":
+        return per_sample(ce_map(logits, labels), weights)
+    return ce_dice_per_sample(logits, labels, weights)
 
 
 def update_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -593,9 +615,9 @@ def _stage1_epoch(run, params, record, model_f, model_g, optimizer, scaler, epoc
             logits_f = model_f(batch.image)
             logits_g = model_g(batch.image)
         labels, weights, trust = batch.labels, batch.weights, batch.trust
-        loss_f = ce_dice_per_sample(logits_f, labels, weights)
-        loss_g = ce_dice_per_sample(logits_g, labels, weights)
         with torch.no_grad():
+            loss_f = sample_loss(logits_f, labels, weights, params["sample_loss"])
+            loss_g = sample_loss(logits_g, labels, weights, params["sample_loss"])
             prob_f = F.softmax(logits_f.float(), dim=1)
             prob_g = F.softmax(logits_g.float(), dim=1)
             disagree = 1.0 - agreement_dice(prob_f, prob_g, weights)
