@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.core.noise import simulate_noise
@@ -348,3 +349,20 @@ def test_cosine_schedule_restarts_for_the_stage4_network(crops):
     assert len(first) >= 2 and len(final) >= 2
     assert all(a > b for a, b in zip(first, first[1:])) and all(a > b for a, b in zip(final, final[1:]))
     assert final[0] > first[-1] and max(first[-1], final[-1]) < 0.2e-3
+
+
+def test_sample_loss_ce_leaves_out_the_size_dependent_dice():
+    """"ce" scores a sample by its mean pixel CE alone; "ce_dice" adds each sample's soft Dice."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2, 8, 8, generator=generator)
+    labels = torch.zeros(3, 8, 8, dtype=torch.long)
+    labels[0, 2:6, 2:6] = 1
+    labels[1, :, :6] = 1
+    weights = torch.ones(3, 8, 8)
+    ce = coseg.sample_loss(logits, labels, weights, "ce")
+    expected = torch.stack([F.cross_entropy(logits[i:i + 1], labels[i:i + 1]) for i in range(3)])
+    assert torch.allclose(ce, expected, atol=1e-5)
+    both = coseg.sample_loss(logits, labels, weights, "ce_dice")
+    assert both.shape == (3,) and bool((both > ce).all())
+    with pytest.raises(ValueError, match="sample_loss"):
+        coseg.check_params(dict(coseg.DEFAULTS, sample_loss="dice"))
