@@ -173,7 +173,7 @@ SETTINGS = [
             note="half the images (alpha = 0.5), each nucleus eroded or dilated by r ~ U{2..5} px; "
                  "the others clean", quick=False),
     # One annotator who draws every nucleus too large, the other exact: noise the floor learns as a
-    # bias (every dilated boundary pulls its boundary outwards) and image sifting can drop.
+    # bias (every dilated boundary pulls its boundary outwards) and image sifting is meant to drop.
     Setting("bbbc039/dilate_half", "bbbc039", "erode_dilate", 0.5, 1.0, {"mode": "dilate", "radius": (2, 5)},
             note="half the images (alpha = 0.5), each nucleus dilated by r ~ U{2..5} px; the others clean",
             quick=False),

@@ -48,16 +48,17 @@ score : {"own", "joint"}
     default)**: ``f`` ranks by ``loss_f + λ·(1 − Dice(f, g))`` and ``g`` by
     ``loss_g + λ·(1 − Dice(f, g))``, keeping co-teaching's cross-update while still
     favouring samples the two networks agree on. ``loss`` is the mean pixel CE +
-    soft Dice of the patch; ``Dice(f, g)`` the soft foreground Dice between the two
-    probability maps. Per pixel (pixel mode): pixel CE and ``½·Σ_k |p_f − p_g|``.
+    soft Dice of the patch (see ``sample_loss``); ``Dice(f, g)`` the soft
+    foreground Dice between the two probability maps. Per pixel (pixel mode): pixel CE and ``½·Σ_k |p_f − p_g|``.
 sample_loss : {"ce_dice", "ce"}
     **(ours)** The loss in a sample's score: the spec's mean pixel CE + soft Dice
     (``"ce_dice"``, default) or the mean pixel CE alone (``"ce"``). The update
     loss is CE + soft Dice either way; ``history["loss_f"]``/``["loss_g"]`` report
-    the score's loss. The soft Dice of a patch falls as its foreground grows, so
-    it ranks patches by how much foreground they hold as much as by how wrong
-    their labels are. Measured on ``bbbc039/dilate_half`` (half the images'
-    nuclei dilated 2–5 px; full benchmark, noise and training seed 0): "ce" kept
+    the score's loss. Why try CE alone: the soft Dice of a patch falls as its
+    foreground grows, so it might rank patches by how much foreground they hold
+    rather than by how wrong their labels are. Measured on ``bbbc039/dilate_half``
+    (half the images' nuclei dilated 2–5 px; full benchmark, noise and training
+    seed 0): "ce" kept
     the dilated images more, not less (selection record against the dilated
     images, AUROC 0.20 against 0.41 with "ce_dice") and trained a worse network
     (0.907 against 0.920; floor 0.832). The default stays the spec's.
