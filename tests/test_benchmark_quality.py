@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,3 +264,37 @@ def test_render_rewrites_tables_from_the_numbers(report, tmp_path, capsys):
     assert quality.main(["--render", str(bad)]) == 2
     assert "bad.json is not a quality report" in capsys.readouterr().err
     assert not (tmp_path / "bad.md").exists()
+
+
+def test_sifting_diagnostic_measures_where_the_boundary_sits(tmp_path):
+    from benchmarks import sifting_diagnostic as sifting
+
+    # A network that predicts the clean disk exactly, trained on labels dilated by 2 px.
+    yy, xx = np.mgrid[:64, :64]
+    clean = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2).astype(np.int64)
+    dilated = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 12 ** 2).astype(np.int64)
+    probabilities = np.stack([1.0 - clean, clean]).astype(np.float32)
+    exact = sifting.image_measures(probabilities, clean, clean)
+    grown = sifting.image_measures(probabilities, dilated, clean)
+    assert exact["area_ratio"] == 1.0 and exact["dice"] == 1.0
+    assert exact["p_fg_outside"] == 0.0 and exact["p_fg_inside"] == 1.0
+    assert grown["area_ratio"] == pytest.approx(clean.sum() / dilated.sum())
+    assert grown["ce"] > exact["ce"] and grown["dice"] < 1.0
+
+    half = quality.Setting("tiny/dilate_half", "bbbc039", "erode_dilate", 0.5, 1.0,
+                           {"mode": "dilate", "radius": (2, 5)}, note="test")
+    data = quality.load_split(ROOT / "sample_data", SAMPLE_SPEC, TINY_PROFILE["bbbc039"])
+    args = (data, SAMPLE_SPEC, TINY_PROFILE["bbbc039"])
+    result = sifting.diagnose(*args, half, 0, 0, 2, "ce_dice", log=lambda line: None)
+    assert result["corrupted_images"] == 1 and result["images"] == 2 and len(result["epochs"]) == 2
+    for epoch in result["epochs"]:
+        assert all(0.0 <= epoch[key] <= 1.0 for key in epoch if key.startswith("auroc"))
+        assert epoch["area_ratio_corrupted"] >= 0 and 0.0 <= epoch["p_fg_outside_exact"] <= 1.0
+    again = sifting.diagnose(*args, half, 0, 0, 2, "ce_dice", log=lambda line: None)
+    drop = lambda r: [{k: v for k, v in e.items() if k != "train_s"} for e in r["epochs"]]  # noqa: E731
+    assert drop(again) == drop(result)
+    with pytest.raises(ValueError, match="corrupts 2 of 2"):
+        sifting.diagnose(*args, TINY_SETTING, 0, 0, 1, "ce_dice", log=lambda line: None)
+    table = sifting.markdown({**quality.run_metadata([], "benchmarks/sifting_diagnostic.py"),
+                              "setting": half.name, **result})
+    assert table.count("\n| ") == 3  # the header and two epochs
