@@ -26,7 +26,6 @@ CPU model) and ``<out>/<name>.md`` (one row per pair), also printed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -136,13 +135,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         pairs = parse_pairs(args.pairs)
-        settings = quality.select_settings([args.setting])
-        if len(settings) != 1:
-            raise ValueError(f"--setting {args.setting!r} names {len(settings)} settings; name one, e.g. "
-                             "bbbc039/markov_boundary")
-        [setting] = settings
-        spec, profile = quality.DATASETS[setting.dataset], quality.PROFILES["full"][setting.dataset]
-        data = quality.load_split(quality.check_data(Path(args.data), [spec]), spec, profile)
+        setting, spec, profile, data = quality.load_full_setting(args.data, args.setting)
     except (quality.DataError, ValueError, quality.io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -154,13 +147,9 @@ def main(argv=None) -> int:
         report["runs"].append(floor_run(data, spec, profile, setting, noise_seed, train_seed, args.epochs,
                                         args.lr_schedule))
         print(f"    test Dice {report['runs'][-1]['test_dice']:.4f}", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = args.name or "floor_variability"
-    quality.io.atomic_write_text(out / f"{name}.json", json.dumps(report, indent=1), overwrite=True)
-    quality.io.atomic_write_text(out / f"{name}.md", markdown(report), overwrite=True)
+    json_path, md_path = quality.write_report(report, args.out, args.name or "floor_variability", markdown)
     print(markdown(report))
-    print(f"wrote {out / name}.json and .md")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -853,14 +853,43 @@ def run_metadata(argv, script: str = "benchmarks/quality.py") -> dict:
     }
 
 
-def write_report(report: dict, out_dir, name: str) -> tuple[Path, Path]:
-    """Write ``<name>.json`` and ``<name>.md`` into ``out_dir`` (replacing earlier ones)."""
+def _finite(value):
+    """``value`` with every NaN or infinite float replaced by None (valid JSON; a correlation of a
+    constant series, a ring mean over no pixel)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def write_report(report: dict, out_dir, name: str, render_markdown=None) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` into ``out_dir`` (replacing earlier ones).
+
+    ``render_markdown(report) -> str`` makes the table (default: this benchmark's :func:`markdown`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    io.atomic_write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n", overwrite=True)
-    io.atomic_write_text(md_path, markdown(report), overwrite=True)
+    io.atomic_write_text(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n", overwrite=True)
+    io.atomic_write_text(md_path, (render_markdown or markdown)(report), overwrite=True)
     return json_path, md_path
+
+
+def load_full_setting(data_dir, name: str) -> tuple:
+    """``(setting, spec, profile, data)`` of the one setting ``name`` names, its data loaded in full mode.
+
+    Raises ValueError when ``name`` names no setting or several, :class:`DataError` when the data is missing.
+    """
+    settings = select_settings([name])
+    if len(settings) != 1:
+        raise ValueError(f"--setting {name!r} names {len(settings)} settings; name one, e.g. "
+                         "bbbc039/markov_boundary")
+    [setting] = settings
+    spec, profile = DATASETS[setting.dataset], PROFILES["full"][setting.dataset]
+    return setting, spec, profile, load_split(check_data(Path(data_dir), [spec]), spec, profile)
 
 
 def render(json_paths) -> int:

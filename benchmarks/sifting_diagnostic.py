@@ -28,7 +28,6 @@ Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (one row per epoch), also p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -178,12 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=None, help="output file stem (default sifting_diagnostic)")
     args = parser.parse_args(argv)
     try:
-        settings = quality.select_settings([args.setting])
-        if len(settings) != 1:
-            raise ValueError(f"--setting {args.setting!r} names {len(settings)} settings; name one")
-        [setting] = settings
-        spec, profile = quality.DATASETS[setting.dataset], quality.PROFILES["full"][setting.dataset]
-        data = quality.load_split(quality.check_data(Path(args.data), [spec]), spec, profile)
+        setting, spec, profile, data = quality.load_full_setting(args.data, args.setting)
         print(f"[{setting.name}] noise seed {args.noise_seed}, training seed {args.train_seed}, "
               f"{args.update_loss} ...", flush=True)
         result = diagnose(data, spec, profile, setting, args.noise_seed, args.train_seed, args.epochs,
@@ -193,13 +187,9 @@ def main(argv=None) -> int:
         return 2
     report = {**quality.run_metadata(argv, "benchmarks/sifting_diagnostic.py"), "benchmark": "sifting_diagnostic",
               "setting": setting.name, **result}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = args.name or "sifting_diagnostic"
-    quality.io.atomic_write_text(out / f"{name}.json", json.dumps(report, indent=1), overwrite=True)
-    quality.io.atomic_write_text(out / f"{name}.md", markdown(report), overwrite=True)
+    json_path, md_path = quality.write_report(report, args.out, args.name or "sifting_diagnostic", markdown)
     print(markdown(report))
-    print(f"wrote {out / name}.json and .md")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -298,3 +298,9 @@ def test_sifting_diagnostic_measures_where_the_boundary_sits(tmp_path):
     table = sifting.markdown({**quality.run_metadata([], "benchmarks/sifting_diagnostic.py"),
                               "setting": half.name, **result})
     assert table.count("\n| ") == 3  # the header and two epochs
+    # Written through quality.write_report: valid JSON even where a ring had no pixel (NaN -> null).
+    report = {"setting": half.name, **result, "epochs": [{**result["epochs"][0], "p_fg_inside_exact": float("nan")}]}
+    json_path, _ = quality.write_report(report, tmp_path, "sifting", lambda r: "table\n")
+    assert json.loads(json_path.read_text())["epochs"][0]["p_fg_inside_exact"] is None
+    assert sifting.main(["--data", str(tmp_path / "none"), "--setting", "bbbc039/dilate_half"]) == 2
+    assert sifting.main(["--data", str(tmp_path), "--setting", "bbbc039"]) == 2  # names several settings
