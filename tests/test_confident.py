@@ -142,7 +142,8 @@ def test_probabilities_are_out_of_fold(missing_run):
     path = numeric_path(resolve_device("auto")[0], "auto")
     for index, fold in enumerate(history["fold_of_sample"]):
         again = predict_many(result.models[f"fold{fold}"], [dataset.samples[index].image], path, multiple=8)[0]
-        np.testing.assert_array_equal(again, result.probabilities[index])
+        # Same fold model, same image; float32 sums may round differently in another batch (1e-7 on an EPYC).
+        np.testing.assert_allclose(again, result.probabilities[index], rtol=0, atol=1e-6)
     assert len(history["thresholds"]) == 2 and 0 < history["flagged_fraction"] < 0.2
     assert history["phase"] == sorted(history["phase"]) and history["phase"][-1] == 3
 
