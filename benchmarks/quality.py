@@ -853,18 +853,6 @@ def run_metadata(argv, script: str = "benchmarks/quality.py") -> dict:
     }
 
 
-def _finite(value):
-    """``value`` with every NaN or infinite float replaced by None (valid JSON; a correlation of a
-    constant series, a ring mean over no pixel)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
 def write_report(report: dict, out_dir, name: str, render_markdown=None) -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.md`` into ``out_dir`` (replacing earlier ones).
 
@@ -873,7 +861,9 @@ def write_report(report: dict, out_dir, name: str, render_markdown=None) -> tupl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    io.atomic_write_text(json_path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n", overwrite=True)
+    # to_json_safe: NaN/inf become null (a correlation of a constant series, a mean over no pixel).
+    text = json.dumps(metrics.to_json_safe(report), indent=2, allow_nan=False) + "\n"
+    io.atomic_write_text(json_path, text, overwrite=True)
     io.atomic_write_text(md_path, (render_markdown or markdown)(report), overwrite=True)
     return json_path, md_path
 
