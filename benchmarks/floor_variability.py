@@ -25,7 +25,6 @@ CPU model) and ``<out>/<name>.md`` (one row per pair), also printed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -123,15 +122,11 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(quality.DEFAULT_DATA), help="folder holding bbbc039/ and hippocampus/")
-    parser.add_argument("--setting", default="bbbc039/markov_boundary", help="a quality.py setting name")
+    parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "bbbc039/markov_boundary", "floor_variability")
     parser.add_argument("--pairs", default="0:0,0:1,1:0,1:1", help="NOISE:TRAIN seed pairs, comma-separated")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the full profile's)")
     parser.add_argument("--lr-schedule", default="constant", choices=quality.LR_SCHEDULES,
                         help="the floor's learning-rate schedule (default constant, as quality.py)")
-    parser.add_argument("--out", default=str(quality.DEFAULT_OUT), help="results folder")
-    parser.add_argument("--name", default=None, help="output file stem (default floor_variability)")
     args = parser.parse_args(argv)
     try:
         pairs = parse_pairs(args.pairs)
@@ -147,9 +142,7 @@ def main(argv=None) -> int:
         report["runs"].append(floor_run(data, spec, profile, setting, noise_seed, train_seed, args.epochs,
                                         args.lr_schedule))
         print(f"    test Dice {report['runs'][-1]['test_dice']:.4f}", flush=True)
-    json_path, md_path = quality.write_report(report, args.out, args.name or "floor_variability", markdown)
-    print(markdown(report))
-    print(f"wrote {json_path} and {md_path}")
+    quality.save_and_print(report, args.out, args.name, markdown)
     return 0
 
 

@@ -882,6 +882,24 @@ def load_full_setting(data_dir, name: str) -> tuple:
     return setting, spec, profile, load_split(check_data(Path(data_dir), [spec]), spec, profile)
 
 
+def one_setting_parser(description: str, default_setting: str, default_name: str,
+                       setting_help: str = "a quality.py setting name") -> argparse.ArgumentParser:
+    """The arguments every script over one full-mode setting takes: --data, --setting, --out, --name."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding bbbc039/ and hippocampus/")
+    parser.add_argument("--setting", default=default_setting, help=setting_help)
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results folder")
+    parser.add_argument("--name", default=default_name, help=f"output file stem (default {default_name})")
+    return parser
+
+
+def save_and_print(report: dict, out_dir, name: str, render_markdown) -> None:
+    """:func:`write_report` with ``render_markdown``, then print the table and where it went."""
+    json_path, md_path = write_report(report, out_dir, name, render_markdown)
+    print(render_markdown(report))
+    print(f"wrote {json_path} and {md_path}")
+
+
 def render(json_paths) -> int:
     """Rewrite ``X.md`` beside each ``X.json`` from its numbers (no training): tables of
     earlier runs in this version's layout. Exit status 2 names a file that is not a report."""

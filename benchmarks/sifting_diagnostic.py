@@ -27,7 +27,6 @@ Writes ``<out>/<name>.json`` and ``<out>/<name>.md`` (one row per epoch), also p
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -165,16 +164,13 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(quality.DEFAULT_DATA), help="folder holding bbbc039/ and hippocampus/")
-    parser.add_argument("--setting", default="bbbc039/dilate_half", help="a quality.py setting with fraction < 1")
+    parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "bbbc039/dilate_half", "sifting_diagnostic",
+                                        "a quality.py setting with fraction < 1")
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4, help="epochs (default 4: Co-Seg's stage 1 in full mode)")
     parser.add_argument("--update-loss", default="ce_dice", choices=UPDATE_LOSSES,
                         help="the training loss (default CE + Dice, as the floor and Co-Seg)")
-    parser.add_argument("--out", default=str(quality.DEFAULT_OUT), help="results folder")
-    parser.add_argument("--name", default=None, help="output file stem (default sifting_diagnostic)")
     args = parser.parse_args(argv)
     try:
         setting, spec, profile, data = quality.load_full_setting(args.data, args.setting)
@@ -187,9 +183,7 @@ def main(argv=None) -> int:
         return 2
     report = {**quality.run_metadata(argv, "benchmarks/sifting_diagnostic.py"), "benchmark": "sifting_diagnostic",
               "setting": setting.name, **result}
-    json_path, md_path = quality.write_report(report, args.out, args.name or "sifting_diagnostic", markdown)
-    print(markdown(report))
-    print(f"wrote {json_path} and {md_path}")
+    quality.save_and_print(report, args.out, args.name, markdown)
     return 0
 
 
