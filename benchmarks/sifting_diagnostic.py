@@ -74,9 +74,10 @@ def image_measures(probabilities: np.ndarray, given: np.ndarray, clean: np.ndarr
     p_fg = 1.0 - probabilities[0]
     outside = ndi.binary_dilation(true, iterations=RING_PX) & ~true
     inside = true & ~ndi.binary_erosion(true, iterations=RING_PX)
+    total = int(predicted.sum() + labelled.sum())  # 0: nothing labelled, nothing predicted, a perfect match
     return {
         "ce": float(ce.mean()),
-        "dice": float(2 * (predicted & labelled).sum() / max(predicted.sum() + labelled.sum(), 1)),
+        "dice": float(2 * (predicted & labelled).sum() / total) if total else 1.0,
         "area_ratio": float(predicted.sum() / max(labelled.sum(), 1)),
         "p_fg_outside": _mean(p_fg[outside]),
         "p_fg_inside": _mean(p_fg[inside]),
