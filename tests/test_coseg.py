@@ -366,3 +366,46 @@ def test_sample_loss_ce_leaves_out_the_size_dependent_dice():
     assert both.shape == (3,) and bool((both > ce).all())
     with pytest.raises(ValueError, match="sample_loss"):
         coseg.check_params(dict(coseg.DEFAULTS, sample_loss="dice"))
+
+
+def test_noisy_fraction_from_two_loss_groups():
+    rng = np.random.default_rng(0)
+    clean, noisy = rng.normal(0.2, 0.02, 30), rng.normal(0.8, 0.05, 10)
+    estimate = coseg.estimate_noisy_fraction(np.concatenate([clean, noisy, [np.nan]]))
+    assert estimate["source"] == "two groups" and estimate["n"] == 40
+    assert estimate["epsilon"] == pytest.approx(0.25, abs=0.01)
+    assert estimate["means"][0] == pytest.approx(0.2, abs=0.02) and estimate["means"][1] == pytest.approx(0.8, abs=0.05)
+    # More noisy than clean samples: capped, small-loss sifting needs a clean majority.
+    assert coseg.estimate_noisy_fraction(np.concatenate([clean[:10], noisy, noisy + 0.01]))["epsilon"] == 0.5
+    # One group (every image equally noisy, or none): nothing to sift.
+    single = coseg.estimate_noisy_fraction(rng.normal(0.5, 0.05, 40))
+    assert single["source"] == "one group" and single["epsilon"] == 0.0
+    few = coseg.estimate_noisy_fraction([0.1, 0.9, 0.2])
+    assert few["source"] == "too few samples" and few["epsilon"] == coseg.DEFAULTS["epsilon"]
+
+
+def test_image_losses_rank_wrong_labels_higher():
+    labels = np.zeros((16, 16), np.int64)
+    labels[4:12, 4:12] = 1
+    right = np.stack([labels == 0, labels == 1]).astype(np.float32) * 0.9 + 0.05
+    shifted = np.roll(right, 4, axis=2)
+    empty = np.stack([np.full((16, 16), 0.95), np.full((16, 16), 0.05)]).astype(np.float32)
+    dataset = build_dataset([np.zeros((16, 16))] * 3, [labels, labels, np.zeros((16, 16), np.int64)])
+    losses = coseg.image_losses([right, shifted, empty], dataset)
+    assert losses[0] < losses[1]
+    assert np.isnan(losses[2])  # background in labels and prediction: never sifted, left out
+
+
+def test_auto_epsilon_is_estimated_after_the_warm_up(crops):
+    dataset = _dataset(crops)
+    result = coseg.fit(dataset, _config(2, epsilon="auto", t_k=2, stage1_ratio=2.0))
+    history = result.history
+    estimate = history["epsilon_estimate"]
+    assert estimate["n"] == 8 and estimate["source"] in ("two groups", "one group")
+    epsilon = history["epsilon"]
+    assert epsilon == estimate["epsilon"] and 0.0 <= epsilon <= coseg.MAX_AUTO_EPSILON
+    assert history["keep_ratio"][:4] == pytest.approx([coseg.keep_ratio(t, epsilon, 2.0) for t in range(4)])
+    again = coseg.refit(dataset, _config(1, epsilon="auto"), result)
+    assert again.history["epsilon"] == epsilon and again.history["epsilon_estimate"] is None
+    with pytest.raises(ValueError, match="epsilon"):
+        coseg.fit(dataset, _config(1, epsilon="guess"))

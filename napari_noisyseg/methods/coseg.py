@@ -33,8 +33,18 @@ granularity : {"image", "pixel"}
     networks need. A variant that only dropped pixels the network already
     misclassified was worse still (AUROC 0.56: confirmation bias, foreground
     grows unchecked). Hence ``"image"``.
-epsilon : float
-    ε, the expected fraction of noisy samples (0.3).
+epsilon : float or "auto"
+    ε, the expected fraction of noisy samples (0.3). ``"auto"`` **(ours; the
+    spec's "estimated from the warm-up loss distribution")**: after the first
+    stage-1 epoch (R = 1, nothing dropped yet) ``f`` and ``g`` predict every
+    training image; each image's whole-image loss (mean pixel CE + soft Dice of
+    their mean against the given labels; images that are background in the labels
+    and in the prediction left out, as in the sifting) is fitted with one and with
+    two Gaussians, and ε is the weight of the high-loss component when BIC prefers
+    two, else 0 (no noisy group to sift), capped at ``MAX_AUTO_EPSILON`` (0.5:
+    small-loss sifting assumes the clean samples are the majority). Fewer than
+    ``MIN_AUTO_SAMPLES`` images: 0.3. ``history["epsilon_estimate"]`` keeps the
+    fit. A warm-started :func:`refit` reuses the previous run's ε.
 t_k : float
     Epochs over which ``R(t)`` falls from 1 to ``1 − ε`` (10). **(ours)** Short runs
     use ``min(t_k, stage-1 epochs / 2)`` (at least 1), so that stage 1 spends its
@@ -215,6 +225,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from sklearn.mixture import GaussianMixture
+
 from ..core import metrics
 from ..engine.losses import ce_dice_per_sample, ce_map, per_sample
 from ..engine.train import TrainingRun
@@ -246,6 +258,9 @@ COLLAPSE_RATIO = 0.25
 SCORES = ("own", "joint")
 SAMPLE_LOSSES = ("ce_dice", "ce")
 STAGE4_INITS = ("auto", "f", "fresh")
+EPSILON_AUTO = "auto"
+MAX_AUTO_EPSILON = 0.5
+MIN_AUTO_SAMPLES = 8
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -263,8 +278,9 @@ def check_params(params: dict) -> dict:
         raise ValueError(f"join_dice must be >= 0 or None (never join), not {params['join_dice']}")
     if params["stage4_init"] not in STAGE4_INITS:
         raise ValueError(f"stage4_init must be one of {STAGE4_INITS}, not {params['stage4_init']!r}")
-    if not 0.0 <= float(params["epsilon"]) < 1.0:
-        raise ValueError(f"epsilon must be in [0, 1), not {params['epsilon']}")
+    if params["epsilon"] != EPSILON_AUTO and not (
+            isinstance(params["epsilon"], (int, float)) and 0.0 <= float(params["epsilon"]) < 1.0):
+        raise ValueError(f"epsilon must be in [0, 1) or {EPSILON_AUTO!r}, not {params['epsilon']!r}")
     if not float(params["stage1_ratio"]) > 0.0:
         raise ValueError(f"stage1_ratio must be > 0, not {params['stage1_ratio']}")
     for key in ("tau", "refine_tau"):
@@ -298,6 +314,61 @@ def effective_t_k(t_k: float, stage1: int) -> float:
 def keep_ratio(epoch: float, epsilon: float, t_k: float) -> float:
     """R(t) = 1 − ε·min(t / T_k, 1)."""
     return 1.0 - epsilon * min(max(epoch, 0.0) / max(t_k, 1e-9), 1.0)
+
+
+def image_losses(probabilities: list, dataset) -> np.ndarray:
+    """Each sample's whole-image loss against its given labels, float64 (N,).
+
+    Mean pixel CE + soft Dice (the spec's sample loss) of ``probabilities[i]``
+    (K, H, W) float32 over the sample's labelled pixels; NaN for a sample that is
+    background in its labels and in the prediction's argmax (never sifted).
+    """
+    out = np.full(len(dataset), np.nan)
+    for i, (p, sample) in enumerate(zip(probabilities, dataset.samples)):
+        valid = ~sample.ignore
+        if not ((sample.labels > 0) | (p.argmax(0) > 0))[valid].any():
+            continue
+        log_p = torch.from_numpy(np.log(np.clip(p, 1e-8, 1.0)))[None]  # softmax(log p) = p
+        labels = torch.from_numpy(sample.labels.astype(np.int64))[None]
+        weights = torch.from_numpy(valid.astype(np.float32))[None]
+        out[i] = float(ce_dice_per_sample(log_p, labels, weights)[0])
+    return out
+
+
+def estimate_noisy_fraction(losses, max_fraction: float = MAX_AUTO_EPSILON, seed: int = 0) -> dict:
+    """ε from the per-image loss distribution (ours): the high-loss weight of a two-Gaussian fit.
+
+    Parameters
+    ----------
+    losses : array-like float (N,)
+        Per-image losses; NaN entries are left out.
+    max_fraction : float
+        Cap on the estimate.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``epsilon`` (float, in [0, ``max_fraction``]; 0.3 from the defaults when
+        fewer than ``MIN_AUTO_SAMPLES`` losses), ``source`` (``"two groups"``, ``"one
+        group"`` when BIC prefers a single Gaussian, or ``"too few samples"``),
+        ``n``, and for a fit ``means``, ``weights`` (low, high) and ``bic`` (one, two).
+    """
+    values = np.asarray(losses, np.float64)
+    values = values[np.isfinite(values)]
+    out = {"n": int(values.size)}
+    if values.size < MIN_AUTO_SAMPLES or float(values.max() - values.min()) < 1e-9:
+        source = "too few samples" if values.size < MIN_AUTO_SAMPLES else "one group"
+        return {**out, "epsilon": DEFAULTS["epsilon"] if source == "too few samples" else 0.0, "source": source}
+    x = values[:, np.newaxis]
+    fits = [GaussianMixture(n_components=k, random_state=seed, reg_covar=1e-6).fit(x) for k in (1, 2)]
+    bic = [float(f.bic(x)) for f in fits]
+    order = np.argsort(fits[1].means_.ravel())
+    weights = fits[1].weights_.ravel()[order]
+    two = bic[1] < bic[0]
+    epsilon = min(float(weights[1]), float(max_fraction)) if two else 0.0
+    return {**out, "epsilon": epsilon, "source": "two groups" if two else "one group", "bic": bic,
+            "means": fits[1].means_.ravel()[order].tolist(), "weights": weights.tolist()}
 
 
 # ----------------------------------------------------------------------------- scores and selection
@@ -564,7 +635,8 @@ def _fit(dataset, config, events, previous):
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = run.make_scaler()
     record = SelectionRecord(len(dataset))
-    state = {"stage": 1, "stage1_end": None, "t_k": None}
+    state = {"stage": 1, "stage1_end": None, "t_k": None, "epsilon": _initial_epsilon(params, previous, warm),
+             "epsilon_estimate": None}
 
     def stage1_preview(indices):
         probs_f, probs_g = run.predict(model_f, indices), run.predict(model_g, indices)
@@ -593,10 +665,15 @@ def _fit(dataset, config, events, previous):
             else:
                 t_k = effective_t_k(params["t_k"], end)
                 state["t_k"] = t_k
-                ratio = keep_ratio(t_k if warm else epoch, params["epsilon"], t_k)
+                ratio = keep_ratio(t_k if warm else epoch, state["epsilon"] or 0.0, t_k)
                 extras = _stage1_epoch(run, params, record, model_f, model_g, optimizer, scaler, epoch, ratio,
                                        n_classes, stage1_preview)
                 record.close_epoch(ratio)
+                if state["epsilon"] is None and epoch + 1 < end and not run.should_stop():
+                    # R(0) = 1 whatever ε is: the first epoch is the warm-up ε is estimated after.
+                    estimate = estimate_noisy_fraction(
+                        image_losses(run.predict([model_f, model_g]), dataset), seed=config.seed)
+                    state["epsilon"], state["epsilon_estimate"] = estimate["epsilon"], estimate
                 run.end_epoch(epoch, stage=1, keep_ratio=ratio, **extras)
                 continue
         _stage4_epoch(run, stage4, scaler, epoch)
@@ -605,6 +682,17 @@ def _fit(dataset, config, events, previous):
     if state["stage1_end"] is None:
         state["stage1_end"] = len(record.epochs)
     return _finish(run, dataset, params, record, model_f, model_g, stage4, state)
+
+
+def _initial_epsilon(params: dict, previous, warm: bool):
+    """ε for the first stage-1 epoch: the parameter, or with ``"auto"`` None (estimated after
+    the warm-up epoch) or, warm-started, the previous run's ε (0.3 if it has none)."""
+    if params["epsilon"] != EPSILON_AUTO:
+        return float(params["epsilon"])
+    if not warm:
+        return None
+    earlier = (previous.history or {}).get("epsilon")
+    return float(earlier) if isinstance(earlier, (int, float)) else float(DEFAULTS["epsilon"])
 
 
 def _stage1_epoch(run, params, record, model_f, model_g, optimizer, scaler, epoch, ratio, n_classes, preview):
@@ -858,7 +946,8 @@ def _finish(run, dataset, params, record, model_f, model_g, stage4, state):
     history_extra = {
         "granularity": params["granularity"],
         "score": params["score"],
-        "epsilon": float(params["epsilon"]),
+        "epsilon": state["epsilon"],
+        "epsilon_estimate": state["epsilon_estimate"],
         "t_k": state["t_k"],
         "stage1_epochs": int(state["stage1_end"]),
         "stage4_epochs": int(stage4["epochs"]) if stage4 is not None else 0,
