@@ -234,9 +234,8 @@ import math
 
 import numpy as np
 import torch
-from torch.nn import functional as F
-
 from sklearn.mixture import GaussianMixture
+from torch.nn import functional as F
 
 from ..core import metrics
 from ..engine.losses import ce_dice_per_sample, ce_map, per_sample
@@ -336,12 +335,12 @@ def image_losses(probabilities: list, dataset) -> np.ndarray:
     """
     out = np.full(len(dataset), np.nan)
     for i, (p, sample) in enumerate(zip(probabilities, dataset.samples)):
-        valid = ~sample.ignore
-        if not ((sample.labels > 0) | (p.argmax(0) > 0))[valid].any():
-            continue
-        log_p = torch.from_numpy(np.log(np.clip(p, 1e-8, 1.0)))[None]  # softmax(log p) = p
+        prob = torch.from_numpy(p)[None]
         labels = torch.from_numpy(sample.labels.astype(np.int64))[None]
-        weights = torch.from_numpy(valid.astype(np.float32))[None]
+        weights = torch.from_numpy((~sample.ignore).astype(np.float32))[None]
+        if bool(background_only(labels, prob, prob, weights)[0]):
+            continue
+        log_p = torch.log(prob.clamp(1e-8, 1.0))  # softmax(log p) = p
         out[i] = float(ce_dice_per_sample(log_p, labels, weights)[0])
     return out
 
