@@ -375,6 +375,8 @@ def test_noisy_fraction_from_two_loss_groups():
     assert estimate["source"] == "two groups" and estimate["n"] == 40
     assert estimate["epsilon"] == pytest.approx(0.25, abs=0.01)
     assert estimate["means"][0] == pytest.approx(0.2, abs=0.02) and estimate["means"][1] == pytest.approx(0.8, abs=0.05)
+    assert estimate["n_high"] == 10 and estimate["stds"][1] == pytest.approx(0.05, abs=0.02)
+    assert len(estimate["losses"]) == 41 and estimate["losses"][-1] is None  # kept in order, NaN as None
     # More noisy than clean samples: capped, small-loss sifting needs a clean majority.
     assert coseg.estimate_noisy_fraction(np.concatenate([clean[:10], noisy, noisy + 0.01]))["epsilon"] == 0.5
     # One group (every image equally noisy, or none): nothing to sift.

@@ -362,11 +362,15 @@ def estimate_noisy_fraction(losses, max_fraction: float = MAX_AUTO_EPSILON, seed
         ``epsilon`` (float, in [0, ``max_fraction``]; 0.3 from the defaults when
         fewer than ``MIN_AUTO_SAMPLES`` losses), ``source`` (``"two groups"``, ``"one
         group"`` when BIC prefers a single Gaussian, or ``"too few samples"``),
-        ``n``, and for a fit ``means``, ``weights`` (low, high) and ``bic`` (one, two).
+        ``n``, ``losses`` (the input in its order, NaN as None, so the fit can be
+        checked against known noise later), and for a fit ``means``, ``stds``,
+        ``weights`` (low, high), ``bic`` (one, two) and ``n_high`` (samples whose
+        posterior favours the high-loss component).
     """
-    values = np.asarray(losses, np.float64)
-    values = values[np.isfinite(values)]
-    out = {"n": int(values.size)}
+    given = np.asarray(losses, np.float64).ravel()
+    values = given[np.isfinite(given)]
+    out = {"n": int(values.size),
+           "losses": [float(v) if np.isfinite(v) else None for v in given]}
     if values.size < MIN_AUTO_SAMPLES or float(values.max() - values.min()) < 1e-9:
         source = "too few samples" if values.size < MIN_AUTO_SAMPLES else "one group"
         return {**out, "epsilon": DEFAULTS["epsilon"] if source == "too few samples" else 0.0, "source": source}
@@ -377,8 +381,11 @@ def estimate_noisy_fraction(losses, max_fraction: float = MAX_AUTO_EPSILON, seed
     weights = fits[1].weights_.ravel()[order]
     two = bic[1] < bic[0]
     epsilon = min(float(weights[1]), float(max_fraction)) if two else 0.0
+    n_high = int((fits[1].predict_proba(x)[:, order[1]] > 0.5).sum())
     return {**out, "epsilon": epsilon, "source": "two groups" if two else "one group", "bic": bic,
-            "means": fits[1].means_.ravel()[order].tolist(), "weights": weights.tolist()}
+            "means": fits[1].means_.ravel()[order].tolist(),
+            "stds": np.sqrt(fits[1].covariances_.ravel()[order]).tolist(),
+            "weights": weights.tolist(), "n_high": n_high}
 
 
 # ----------------------------------------------------------------------------- scores and selection
