@@ -373,8 +373,7 @@ def estimate_noisy_fraction(losses, max_fraction: float = MAX_AUTO_EPSILON, seed
     """
     given = np.asarray(losses, np.float64).ravel()
     values = given[np.isfinite(given)]
-    out = {"n": int(values.size),
-           "losses": [float(v) if np.isfinite(v) else None for v in given]}
+    out = {"n": int(values.size), "losses": metrics.to_json_safe(given)}
     if values.size < MIN_AUTO_SAMPLES or float(values.max() - values.min()) < 1e-9:
         source = "too few samples" if values.size < MIN_AUTO_SAMPLES else "one group"
         return {**out, "epsilon": DEFAULTS["epsilon"] if source == "too few samples" else 0.0, "source": source}
