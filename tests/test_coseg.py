@@ -88,8 +88,8 @@ def trained(crops) -> dict:
             mask[:, 40:64] = True
         trust.append(mask)
     dataset = _dataset(crops, trust=trust)
-    # 8 retraining epochs with 12 stage-1 epochs in front: 20 in all.
-    result = coseg.fit(dataset, _config(8, granularity="image", t_k=4, stage1_ratio=1.5))
+    # 8 retraining epochs with 12 stage-1 epochs in front: 20 in all; METHODS.md's fixed ε.
+    result = coseg.fit(dataset, _config(8, granularity="image", epsilon=0.3, t_k=4, stage1_ratio=1.5))
     return {"dataset": dataset, "result": result}
 
 
@@ -383,7 +383,7 @@ def test_noisy_fraction_from_two_loss_groups():
     single = coseg.estimate_noisy_fraction(rng.normal(0.5, 0.05, 40))
     assert single["source"] == "one group" and single["epsilon"] == 0.0
     few = coseg.estimate_noisy_fraction([0.1, 0.9, 0.2])
-    assert few["source"] == "too few samples" and few["epsilon"] == coseg.DEFAULTS["epsilon"]
+    assert few["source"] == "too few samples" and few["epsilon"] == coseg.FALLBACK_EPSILON == 0.3
 
 
 def test_image_losses_rank_wrong_labels_higher():
