@@ -47,6 +47,7 @@ def test_registry_lists_coseg():
     assert module.SUMMARY
     assert module.NAME == "coseg" and module.fit is coseg.fit
     assert set(module.DEFAULTS) >= {"granularity", "epsilon", "t_k", "lambda_agree", "tau"}
+    assert module.DEFAULTS["epsilon"] == coseg.EPSILON_AUTO  # estimated unless set
     with pytest.raises(ValueError, match="granularity"):
         coseg.fit(build_dataset([np.zeros((8, 8))], [np.zeros((8, 8), int)]),
                   _config(1, granularity="voxel"))
