@@ -46,8 +46,8 @@ epsilon : float or "auto"
     samples are the majority). Fewer than ``MIN_AUTO_SAMPLES`` images:
     ``FALLBACK_EPSILON`` (0.3). ``history["epsilon_estimate"]`` keeps the fit. A
     warm-started :func:`refit` reuses the previous run's ε. Measured against 0.3
-    on the same CPU and runs (AMD EPYC, fp32, noise seed 0; the README's
-    "epsilon=auto" tables): ``bbbc039/erode_half`` (half the images eroded),
+    on the same CPU and runs (AMD EPYC, fp32; BBBC039 noise seed 0, hippocampus
+    noise seed = training seed; the README's "epsilon=auto" tables): ``bbbc039/erode_half`` (half the images eroded),
     training seeds 0 / 1 / 2: ε 0.5 (fit 0.62–0.68, capped), test Dice 0.962 /
     0.954 / 0.974 against 0.969 / 0.939 / 0.926, Dice(corrected, clean) 0.961 /
     0.942 / 0.931 against 0.938 / 0.899 / 0.877, noise AP 0.82 / 0.84 / 0.86
@@ -60,9 +60,9 @@ epsilon : float or "auto"
     0.753 / 0.720 / 0.613 (floor 0.747 / 0.735 / 0.720: both lose). Where every
     image is noisy (``bbbc039/erode_dilate``, Markov boundary) the fit finds no
     group or splits off one or two outlier images (ε ≤ 0.05, which drops nothing
-    from a batch of 8) and Co-Seg ties or beats the floor as with 0.3 (erode/dilate
-    0.904 / 0.907 / 0.887 against 0.877 / 0.909 / 0.892; Markov 0.944 against
-    0.872). On the hippocampus slices the estimate is erratic (0 / 0.5 / 0.5 for
+    from a batch of 8) and Co-Seg ties or beats the floor (erode/dilate 0.904 /
+    0.907 / 0.887 against 0.877 / 0.909 / 0.892; with 0.3 on training seed 0:
+    0.881; Markov 0.944 against 0.872). On the hippocampus slices the estimate is erratic (0 / 0.5 / 0.5 for
     one noise type): per-slice losses there follow how much structure a slice
     shows as much as its noise.
 t_k : float
