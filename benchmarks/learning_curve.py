@@ -95,8 +95,10 @@ def markdown(report: dict) -> str:
     for r in runs:
         dice = np.array([p["dice"] for p in r["points"]])
         late = dice[len(dice) // 2:]
-        spans.append(f"{r['labels']} seed {r['seed']}: second half {late.min():.3f}–{late.max():.3f}, "
-                     f"largest step {np.abs(np.diff(dice)).max():.3f}, {r['wall_s']:.0f} s")
+        step = np.abs(np.diff(late)).max() if len(late) > 1 else 0.0
+        spans.append(f"{r['labels']} seed {r['seed']}: over the second half mean {late.mean():.3f}, range "
+                     f"{late.min():.3f}–{late.max():.3f}, largest step between neighbouring epochs {step:.3f}; "
+                     f"{r['wall_s']:.0f} s")
     lines += ["", "Mean foreground Dice on the clean held-out labels after each epoch. " + "; ".join(spans) + ".",
               f"Machine: {report['machine']['cpu_model']}, torch {report['machine']['torch']}."]
     return "\n".join(lines) + "\n"

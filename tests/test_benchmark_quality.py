@@ -304,3 +304,31 @@ def test_sifting_diagnostic_measures_where_the_boundary_sits(tmp_path):
     assert json.loads(json_path.read_text())["epochs"][0]["p_fg_inside_exact"] is None
     assert sifting.main(["--data", str(tmp_path / "none"), "--setting", "bbbc039/dilate_half"]) == 2
     assert sifting.main(["--data", str(tmp_path), "--setting", "bbbc039"]) == 2  # names several settings
+
+
+def test_learning_curve_ends_where_quality_scores_the_floor(tmp_path, capsys):
+    from benchmarks import learning_curve
+
+    data = quality.load_split(ROOT / "sample_data", SAMPLE_SPEC, TINY_PROFILE["bbbc039"])
+    args = (data, SAMPLE_SPEC, TINY_PROFILE["bbbc039"], TINY_SETTING, 0)
+    noisy = learning_curve.curve(*args, "noisy", epochs=2)
+    clean = learning_curve.curve(*args, "clean", epochs=2)
+    assert [p["epoch"] for p in noisy["points"]] == [1, 2]
+    assert all(0.0 <= p["dice"] <= 1.0 and p["train_loss"] > 0 for p in noisy["points"] + clean["points"])
+    # Its last epoch is quality.py's floor for the same seed and budget: the same network, scored alike.
+    simulated = quality.simulate_setting(TINY_SETTING, data, 0)
+    train = quality.build_dataset(data["train_images"], simulated.noisy, data["train"], modes="2d",
+                                  n_classes=data["n_classes"])
+    test = quality.build_dataset(data["test_images"], data["test_labels"], data["test"], modes="2d",
+                                 n_classes=data["n_classes"])
+    config = quality.make_config(quality.FLOOR_METHOD, 0, TINY_PROFILE["bbbc039"], {}, epochs=2)
+    floor = quality.get_method(quality.FLOOR_METHOD).fit(train, config)
+    expected = quality.test_scores(floor, test, data["test_labels"], data["n_classes"])["dice"]
+    assert noisy["points"][-1]["dice"] == pytest.approx(expected, abs=1e-9)
+    report = {**quality.run_metadata([], "benchmarks/learning_curve.py"), "setting": TINY_SETTING.name,
+              "runs": [clean, noisy]}
+    table = learning_curve.markdown(report)
+    assert table.count("\n| ") == 3 and "clean labels, seed 0 | noisy labels, seed 0" in table
+    assert learning_curve.main(["--data", str(tmp_path / "none")]) == 2
+    assert learning_curve.main(["--data", str(ROOT / "sample_data"), "--labels", "dirty"]) == 2
+    assert "--labels clean and/or noisy" in capsys.readouterr().err
