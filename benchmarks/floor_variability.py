@@ -122,11 +122,9 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "bbbc039/markov_boundary", "floor_variability")
+    parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "bbbc039/markov_boundary", "floor_variability",
+                                        training_budget=True)
     parser.add_argument("--pairs", default="0:0,0:1,1:0,1:1", help="NOISE:TRAIN seed pairs, comma-separated")
-    parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the full profile's)")
-    parser.add_argument("--lr-schedule", default="constant", choices=quality.LR_SCHEDULES,
-                        help="the floor's learning-rate schedule (default constant, as quality.py)")
     args = parser.parse_args(argv)
     try:
         pairs = parse_pairs(args.pairs)

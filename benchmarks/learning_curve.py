@@ -106,12 +106,10 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "hippocampus/erode_dilate", "learning_curve")
+    parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "hippocampus/erode_dilate", "learning_curve",
+                                        training_budget=True)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (noise draw = training seed)")
     parser.add_argument("--labels", default="clean,noisy", help="clean, noisy or both (comma-separated)")
-    parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the full profile's)")
-    parser.add_argument("--lr-schedule", default="constant", choices=quality.LR_SCHEDULES,
-                        help="learning-rate schedule (default constant, as quality.py)")
     args = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -883,13 +883,19 @@ def load_full_setting(data_dir, name: str) -> tuple:
 
 
 def one_setting_parser(description: str, default_setting: str, default_name: str,
-                       setting_help: str = "a quality.py setting name") -> argparse.ArgumentParser:
-    """The arguments every script over one full-mode setting takes: --data, --setting, --out, --name."""
+                       setting_help: str = "a quality.py setting name",
+                       training_budget: bool = False) -> argparse.ArgumentParser:
+    """The arguments every script over one full-mode setting takes: --data, --setting, --out, --name;
+    with ``training_budget`` also --epochs and --lr-schedule (defaults: the full profile's, constant)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding bbbc039/ and hippocampus/")
     parser.add_argument("--setting", default=default_setting, help=setting_help)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results folder")
     parser.add_argument("--name", default=default_name, help=f"output file stem (default {default_name})")
+    if training_budget:
+        parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the full profile's)")
+        parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                            help="learning-rate schedule (default constant, as quality.py)")
     return parser
 
 
