@@ -31,16 +31,13 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import quality  # noqa: E402
 from napari_noisyseg.core.dataset import build_dataset  # noqa: E402
-from napari_noisyseg.engine.infer import predict_many  # noqa: E402
 from napari_noisyseg.engine.losses import ce_dice_loss  # noqa: E402
 from napari_noisyseg.engine.train import TrainingRun  # noqa: E402
 
 
 def test_dice(model, run: TrainingRun, test, test_labels: list, n_classes: int) -> dict:
     """Mean foreground Dice and per-class Dice of ``model`` on the clean test labels."""
-    probabilities = predict_many(model, [s.image for s in test.samples], run.path, tile=max(512, run.patch_size),
-                                 multiple=run.multiple, min_size=run.patch_size)
-    predictions = test.reassemble([p.argmax(0).astype(np.int64) for p in probabilities])
+    predictions = quality.model_predictions(model, test, run.path, run.patch_size)
     scores = quality.prediction_scores(predictions, test_labels, n_classes)
     return {"dice": scores["dice"], "dice_per_class": scores["dice_per_class"]}
 

@@ -281,13 +281,20 @@ def load_split(data_dir: Path, spec: DatasetSpec, profile: DatasetProfile) -> di
 
 def final_predictions(result, dataset) -> list:
     """Argmax labels of ``result``'s final model on every source of ``dataset`` (reassembled)."""
-    model = result.models[result.final_model]
     device, _ = resolve_device(result.config.device)
-    path = numeric_path(device, result.config.precision)
-    model = model.to(device)
+    model = result.models[result.final_model].to(device)
+    return model_predictions(model, dataset, numeric_path(device, result.config.precision),
+                             result.history.get("patch_size", result.config.patch_size))
+
+
+def model_predictions(model, dataset, path, patch_size: int) -> list:
+    """Argmax labels (int64) of ``model`` on every source of ``dataset``, reassembled.
+
+    ``path`` is the numeric path (precision) to predict with and ``patch_size`` the
+    patch size the model trained on (the smallest input it is given).
+    """
     probabilities = predict_many(model, [s.image for s in dataset.samples], path,
-                                 tile=max(512, result.config.patch_size), multiple=2 ** model.depth,
-                                 min_size=result.history.get("patch_size", result.config.patch_size))
+                                 tile=max(512, patch_size), multiple=2 ** model.depth, min_size=patch_size)
     return dataset.reassemble([p.argmax(0).astype(np.int64) for p in probabilities])
 
 
