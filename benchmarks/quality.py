@@ -996,9 +996,15 @@ def main(argv=None) -> int:
         print(f"error: --out {out_dir} is inside the data folder {data_dir}; never write there", file=sys.stderr)
         return 2
     name = args.name or ("quality_quick" if args.quick else "quality")
+    # The commit and dirty flag are the code this process imported, taken now: a commit made while
+    # the run goes on must not become its provenance. Only the date is the write's.
+    metadata = run_metadata(argv)
+
+    def stamped(report: dict) -> dict:
+        return {**metadata, "date": datetime.datetime.now().isoformat(timespec="seconds"), **report}
 
     def write_partial(partial: dict) -> None:
-        write_report({**run_metadata(argv), **partial}, out_dir, name)
+        write_report(stamped(partial), out_dir, name)
 
     try:
         settings = select_settings([s.strip() for s in args.settings.split(",") if s.strip()], quick=args.quick)
@@ -1008,7 +1014,7 @@ def main(argv=None) -> int:
     except (DataError, ValueError, io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = {**run_metadata(argv), **report}
+    report = stamped(report)
     json_path, md_path = write_report(report, out_dir, name)
     print(markdown(report))
     print(f"wrote {json_path} and {md_path} ({report['wall_s'] / 60:.1f} min)")

@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--update-loss", default="ce_dice", choices=UPDATE_LOSSES,
                         help="the training loss (default CE + Dice, as the floor and Co-Seg)")
     args = parser.parse_args(argv)
+    metadata = quality.run_metadata(argv, "benchmarks/sifting_diagnostic.py")  # the code imported, before training
     try:
         setting, spec, profile, data = quality.load_full_setting(args.data, args.setting)
         print(f"[{setting.name}] noise seed {args.noise_seed}, training seed {args.train_seed}, "
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     except (quality.DataError, ValueError, quality.io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = {**quality.run_metadata(argv, "benchmarks/sifting_diagnostic.py"), "benchmark": "sifting_diagnostic",
+    report = {**metadata, "benchmark": "sifting_diagnostic",
               "setting": setting.name, **result}
     quality.save_and_print(report, args.out, args.name, markdown)
     return 0
