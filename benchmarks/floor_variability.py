@@ -132,9 +132,8 @@ def main(argv=None) -> int:
     except (quality.DataError, ValueError, quality.io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = {**quality.run_metadata(argv, "benchmarks/floor_variability.py"), "benchmark": "floor_variability",
-              "setting": setting.name, "epochs": args.epochs or profile.train["epochs"],
-              "lr_schedule": args.lr_schedule, "runs": []}
+    report = quality.budget_report(argv, "benchmarks/floor_variability.py", "floor_variability", setting,
+                                   profile, args)
     for noise_seed, train_seed in pairs:
         print(f"[{setting.name}] noise seed {noise_seed}, training seed {train_seed} ...", flush=True)
         report["runs"].append(floor_run(data, spec, profile, setting, noise_seed, train_seed, args.epochs,

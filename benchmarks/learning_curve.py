@@ -118,9 +118,7 @@ def main(argv=None) -> int:
     except (quality.DataError, ValueError, quality.io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = {**quality.run_metadata(argv, "benchmarks/learning_curve.py"), "benchmark": "learning_curve",
-              "setting": setting.name, "epochs": args.epochs or profile.train["epochs"],
-              "lr_schedule": args.lr_schedule, "runs": []}
+    report = quality.budget_report(argv, "benchmarks/learning_curve.py", "learning_curve", setting, profile, args)
     for seed in seeds:
         for kind in kinds:
             print(f"[{setting.name}] {kind} labels, seed {seed} ...", flush=True)

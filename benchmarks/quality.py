@@ -889,6 +889,13 @@ def load_full_setting(data_dir, name: str) -> tuple:
     return setting, spec, profile, load_split(check_data(Path(data_dir), [spec]), spec, profile)
 
 
+def budget_report(argv, script: str, benchmark: str, setting: Setting, profile: DatasetProfile, args) -> dict:
+    """The header of a one-setting report whose parser has ``training_budget``: :func:`run_metadata`, the
+    benchmark's name, the setting, the epochs actually trained, the rate schedule, and an empty ``runs``."""
+    return {**run_metadata(argv, script), "benchmark": benchmark, "setting": setting.name,
+            "epochs": args.epochs or profile.train["epochs"], "lr_schedule": args.lr_schedule, "runs": []}
+
+
 def one_setting_parser(description: str, default_setting: str, default_name: str,
                        setting_help: str = "a quality.py setting name",
                        training_budget: bool = False) -> argparse.ArgumentParser:

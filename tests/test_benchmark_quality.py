@@ -196,6 +196,14 @@ def test_floor_variability_is_deterministic_per_seed_pair(tmp_path):
     # Its record names its own script (it shares quality.py's run metadata).
     meta = quality.run_metadata(["--pairs", "0:1"], "benchmarks/floor_variability.py")
     assert meta["command"] == "python benchmarks/floor_variability.py --pairs 0:1" and meta["machine"]["cpu_model"]
+    argv = ["--lr-schedule", "cosine"]
+    options = quality.one_setting_parser("d", "bbbc039/markov_boundary", "x", training_budget=True).parse_args(argv)
+    header = quality.budget_report(argv, "benchmarks/floor_variability.py", "floor_variability", TINY_SETTING,
+                                   TINY_PROFILE["bbbc039"], options)
+    assert (header["benchmark"], header["setting"], header["lr_schedule"], header["runs"]) == (
+        "floor_variability", "tiny/erode_dilate", "cosine", [])
+    assert header["epochs"] == TINY_PROFILE["bbbc039"].train["epochs"]
+    assert header["command"] == "python benchmarks/floor_variability.py --lr-schedule cosine"
     with pytest.raises(ValueError, match="NOISE:TRAIN"):
         floor_variability.parse_pairs("3")
     assert floor_variability.main(["--data", str(tmp_path), "--setting", "bbbc039"]) == 2
