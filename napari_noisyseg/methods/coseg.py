@@ -151,7 +151,12 @@ stage4_init : {"auto", "fresh", "f"}
     find them at all (IoU 0 throughout), where ``f`` kept its 18-epoch head start:
     "auto" gave 0.567 / 0.533 / 0.443 there (floor 0.501 / 0.505 / 0.263). Under
     the earlier 60 / 40 budget split the fresh network was fragile on every
-    setting (erode/dilate 0.944 / 0.594 / 0.295): see ``stage1_ratio``.
+    setting (erode/dilate 0.944 / 0.594 / 0.295): see ``stage1_ratio``. Where
+    ``f`` continues, the final network has trained stage 1's epochs as well: on the
+    hippocampus with a cosine rate (8 epochs, seeds 0 / 1 / 2, ``f`` forced) Co-Seg
+    gave 0.766 / 0.769 / 0.763 on erode/dilate against floors of 0.754 / 0.755 /
+    0.725 at 8 epochs but 0.759 / 0.782 / 0.769 at 13 (5 + 8), so that margin is
+    the extra epochs.
 learnt_iou : float
     **(ours)** A class counts as learnt by stage 1 when the IoU between the
     argmax of ``f + g`` and the given labels reaches 0.5 on the reliable subset
