@@ -106,7 +106,8 @@ def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: i
 def markdown(report: dict) -> str:
     schedule = report.get("lr_schedule", "constant")
     lines = [f"# Floor variability: {report['setting']}, {report['epochs']} epochs"
-             + ("" if schedule == "constant" else f", {schedule} learning rate"), "",
+             + ("" if schedule == "constant" else f", {schedule} learning rate")
+             + (f", {report['n_train']} training images" if report.get("n_train") else ""), "",
              "| noise seed | training seed | test Dice | train argmax vs clean | vs noisy | "
              "corr(per-image change: argmax, noisy) | test per-image change, sd | wall s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         pairs = parse_pairs(args.pairs)
-        setting, spec, profile, data = quality.load_full_setting(args.data, args.setting)
+        setting, spec, profile, data = quality.load_full_setting(args.data, args.setting, args.n_train)
     except (quality.DataError, ValueError, quality.io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

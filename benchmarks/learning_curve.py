@@ -13,8 +13,14 @@ draw (noise seed = training seed, as ``quality.py``) and scoring. A curve that
 swings between neighbouring epochs by more than two methods differ says the
 final-weights comparison measures where a run happened to stop.
 
-Writes ``<out>/<name>.json`` (per epoch: test Dice, per class, training loss) and
-``<out>/<name>.md`` (one column per run), also printed.
+After every epoch the training images are scored too: the argmax against their clean
+labels and against the labels trained on. A network that memorises the noise shows it
+there first: its argmax moves towards the noisy labels and away from the clean ones
+while the training loss keeps falling.
+
+Writes ``<out>/<name>.json`` (per epoch: test Dice, per class, training loss, train
+argmax against the clean and the given labels) and ``<out>/<name>.md`` (one column
+per run, and the train columns), also printed.
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ def test_dice(model, run: TrainingRun, test, test_labels: list, n_classes: int) 
     predictions = quality.model_predictions(model, test, run.path, run.patch_size)
     scores = quality.prediction_scores(predictions, test_labels, n_classes)
     return {"dice": scores["dice"], "dice_per_class": scores["dice_per_class"]}
+
+
+def train_argmax_dice(model, run: TrainingRun, train, clean_labels: list, given_labels: list,
+                      n_classes: int) -> dict:
+    """Mean foreground Dice of ``model``'s argmax on the training images against their clean labels
+    (``train_dice_clean``) and against the labels it trains on (``train_dice_given``; the same on clean runs)."""
+    predictions = quality.model_predictions(model, train, run.path, run.patch_size)
+    return {"train_dice_clean": quality.prediction_scores(predictions, clean_labels, n_classes)["dice"],
+            "train_dice_given": quality.prediction_scores(predictions, given_labels, n_classes)["dice"]}
 
 
 def curve(data: dict, spec, profile, setting, seed: int, labels: str, epochs=None, lr_schedule=None) -> dict:
@@ -71,22 +86,30 @@ def curve(data: dict, spec, profile, setting, seed: int, labels: str, epochs=Non
             losses.append(float(loss.detach()))
         run.end_epoch(epoch)
         point = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                 **test_dice(model, run, test, data["test_labels"], n_classes)}
+                 **test_dice(model, run, test, data["test_labels"], n_classes),
+                 **train_argmax_dice(model, run, train, data["train_labels"], given, n_classes)}
         points.append(point)
         print(f"    epoch {point['epoch']:3d}: test Dice {point['dice']:.3f} "
-              f"(per class {' / '.join(f'{d:.3f}' for d in point['dice_per_class'][1:])})", flush=True)
+              f"(per class {' / '.join(f'{d:.3f}' for d in point['dice_per_class'][1:])}); train argmax vs "
+              f"clean {point['train_dice_clean']:.3f}, vs given {point['train_dice_given']:.3f}", flush=True)
     return {"seed": seed, "labels": labels, "points": points, "wall_s": time.perf_counter() - start}
 
 
 def markdown(report: dict) -> str:
     runs = report["runs"]
     schedule = report.get("lr_schedule", "constant")
+    # Files written before the train columns existed have test Dice only.
+    with_train = all("train_dice_clean" in p for r in runs for p in r["points"])
+    columns = [f"{r['labels']} labels, seed {r['seed']}" for r in runs]
+    if with_train:
+        columns = [f"{c}: {part}" for c in columns for part in ("test", "train vs clean", "train vs given")]
     lines = [f"# Test Dice per epoch: {report['setting']}, baseline U-Net"
-             + ("" if schedule == "constant" else f", {schedule} learning rate"), "",
-             "| epoch | " + " | ".join(f"{r['labels']} labels, seed {r['seed']}" for r in runs) + " |",
-             "|---|" + "---|" * len(runs)]
+             + ("" if schedule == "constant" else f", {schedule} learning rate")
+             + (f", {report['n_train']} training images" if report.get("n_train") else ""), "",
+             "| epoch | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    keys = ("dice", "train_dice_clean", "train_dice_given") if with_train else ("dice",)
     for i in range(max(len(r["points"]) for r in runs)):
-        cells = [f"{r['points'][i]['dice']:.3f}" if i < len(r["points"]) else "" for r in runs]
+        cells = [f"{r['points'][i][key]:.3f}" if i < len(r["points"]) else "" for r in runs for key in keys]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     spans = []
     for r in runs:
@@ -96,7 +119,9 @@ def markdown(report: dict) -> str:
         spans.append(f"{r['labels']} seed {r['seed']}: over the second half mean {late.mean():.3f}, range "
                      f"{late.min():.3f}–{late.max():.3f}, largest step between neighbouring epochs {step:.3f}; "
                      f"{r['wall_s']:.0f} s")
-    lines += ["", "Mean foreground Dice on the clean held-out labels after each epoch. " + "; ".join(spans) + ".",
+    lines += ["", "Mean foreground Dice on the clean held-out labels after each epoch"
+              + (" (test), and of the argmax on the training images against their clean labels and against "
+                 "the labels trained on (train)" if with_train else "") + ". " + "; ".join(spans) + ".",
               f"Machine: {report['machine']['cpu_model']}, torch {report['machine']['torch']}."]
     return "\n".join(lines) + "\n"
 
@@ -114,7 +139,7 @@ def main(argv=None) -> int:
         if not seeds or not kinds or any(k not in ("clean", "noisy") for k in kinds):
             raise ValueError(f"--seeds needs integers and --labels clean and/or noisy, not {args.seeds!r} / "
                              f"{args.labels!r}")
-        setting, spec, profile, data = quality.load_full_setting(args.data, args.setting)
+        setting, spec, profile, data = quality.load_full_setting(args.data, args.setting, args.n_train)
     except (quality.DataError, ValueError, quality.io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

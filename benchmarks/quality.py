@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/quality.py [--data ../shared/data] [--quick] [--methods baseline,confident]
         [--settings bbbc039/erode_dilate,hippocampus] [--seeds 0,1] [--train-seeds 0,1,2]
-        [--minutes M | --epochs E]
+        [--minutes M | --epochs E] [--n-train N]
         [--params confident.folds=2 ...] [--out benchmarks/results] [--list]
     python benchmarks/quality.py --render benchmarks/results/NAME.json   # rewrite NAME.md only
 
@@ -62,7 +62,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +211,18 @@ SETTINGS = [
 
 class DataError(RuntimeError):
     """The data folder or a dataset in it is missing or unreadable."""
+
+
+def with_n_train(profile: DatasetProfile, n_train: int) -> DatasetProfile:
+    """``profile`` training on ``n_train`` images (volumes), everything else unchanged.
+
+    The test split does not depend on ``n_train`` (:func:`split_stems`), so runs with
+    fewer training images are scored on the same held-out images. Fewer images for more
+    epochs is where a network has the steps to memorise its labels' noise.
+    """
+    if int(n_train) < 1:
+        raise ValueError(f"n_train must be at least 1, not {n_train}")
+    return replace(profile, n_train=int(n_train))
 
 
 def split_stems(stems: list, n_train: int, n_test: int) -> tuple[list, list]:
@@ -551,7 +563,7 @@ def select_settings(names, settings=None, quick: bool = False) -> list:
 
 def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="quick", datasets=None,
                   method_params=None, minutes=None, epochs=None, device="auto", log=None,
-                  on_partial=None, train_seeds=None, lr_schedule=None) -> dict:
+                  on_partial=None, train_seeds=None, lr_schedule=None, n_train=None) -> dict:
     """Run the quality benchmark and return the report (JSON-safe dict).
 
     Parameters
@@ -587,6 +599,9 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
         Train every method (floor and ceiling included) once per training seed on each
         noise draw, so that the spread from training alone is measured apart from the
         noise draw's. Default: one run per seed, trained with that seed.
+    n_train : int, optional
+        Train on this many images (volumes) of every dataset instead of the profile's
+        (:func:`with_n_train`); the test split stays the profile's.
 
     Returns
     -------
@@ -601,6 +616,9 @@ def run_benchmark(data_dir, settings=None, methods=None, seeds=(0,), profile="qu
     datasets = dict(DATASETS if datasets is None else datasets)
     profile_name = profile if isinstance(profile, str) else "custom"
     profile = PROFILES[profile] if isinstance(profile, str) else dict(profile)
+    if n_train is not None:
+        profile = {name: with_n_train(p, n_train) for name, p in profile.items()}
+        profile_name = f"{profile_name}, n_train={n_train}"
     methods = list(REGISTRY) if not methods else list(methods)
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
@@ -875,8 +893,9 @@ def write_report(report: dict, out_dir, name: str, render_markdown=None) -> tupl
     return json_path, md_path
 
 
-def load_full_setting(data_dir, name: str) -> tuple:
-    """``(setting, spec, profile, data)`` of the one setting ``name`` names, its data loaded in full mode.
+def load_full_setting(data_dir, name: str, n_train=None) -> tuple:
+    """``(setting, spec, profile, data)`` of the one setting ``name`` names, its data loaded in full mode
+    (on ``n_train`` training images when given, :func:`with_n_train`).
 
     Raises ValueError when ``name`` names no setting or several, :class:`DataError` when the data is missing.
     """
@@ -886,21 +905,26 @@ def load_full_setting(data_dir, name: str) -> tuple:
                          "bbbc039/markov_boundary")
     [setting] = settings
     spec, profile = DATASETS[setting.dataset], PROFILES["full"][setting.dataset]
+    if n_train is not None:
+        profile = with_n_train(profile, n_train)
     return setting, spec, profile, load_split(check_data(Path(data_dir), [spec]), spec, profile)
 
 
 def budget_report(argv, script: str, benchmark: str, setting: Setting, profile: DatasetProfile, args) -> dict:
     """The header of a one-setting report whose parser has ``training_budget``: :func:`run_metadata`, the
-    benchmark's name, the setting, the epochs actually trained, the rate schedule, and an empty ``runs``."""
+    benchmark's name, the setting, the epochs actually trained, the rate schedule, the number of training
+    images, and an empty ``runs``."""
     return {**run_metadata(argv, script), "benchmark": benchmark, "setting": setting.name,
-            "epochs": args.epochs or profile.train["epochs"], "lr_schedule": args.lr_schedule, "runs": []}
+            "epochs": args.epochs or profile.train["epochs"], "lr_schedule": args.lr_schedule,
+            "n_train": profile.n_train, "runs": []}
 
 
 def one_setting_parser(description: str, default_setting: str, default_name: str,
                        setting_help: str = "a quality.py setting name",
                        training_budget: bool = False) -> argparse.ArgumentParser:
     """The arguments every script over one full-mode setting takes: --data, --setting, --out, --name;
-    with ``training_budget`` also --epochs and --lr-schedule (defaults: the full profile's, constant)."""
+    with ``training_budget`` also --epochs, --lr-schedule and --n-train (defaults: the full profile's,
+    constant)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding bbbc039/ and hippocampus/")
     parser.add_argument("--setting", default=default_setting, help=setting_help)
@@ -910,6 +934,8 @@ def one_setting_parser(description: str, default_setting: str, default_name: str
         parser.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the full profile's)")
         parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
                             help="learning-rate schedule (default constant, as quality.py)")
+        parser.add_argument("--n-train", type=int, default=None,
+                            help="training images (volumes) (default: the full profile's; test split unchanged)")
     return parser
 
 
@@ -965,6 +991,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: train with the noise seed)")
     parser.add_argument("--minutes", type=float, default=None, help="time budget per training run")
     parser.add_argument("--epochs", type=int, default=None, help="epoch budget per training run")
+    parser.add_argument("--n-train", type=int, default=None,
+                        help="training images (volumes) per dataset (default: the profile's; test split unchanged)")
     parser.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                         help="learning-rate schedule of every run (default: constant)")
     parser.add_argument("--params", action="append", default=[], help="METHOD.NAME=VALUE (repeatable)")
@@ -1017,7 +1045,8 @@ def main(argv=None) -> int:
         settings = select_settings([s.strip() for s in args.settings.split(",") if s.strip()], quick=args.quick)
         report = run_benchmark(data_dir, settings, methods, seeds, profile, method_params=parse_params(args.params),
                                minutes=args.minutes, epochs=args.epochs, device=args.device,
-                               on_partial=write_partial, train_seeds=train_seeds, lr_schedule=args.lr_schedule)
+                               on_partial=write_partial, train_seeds=train_seeds, lr_schedule=args.lr_schedule,
+                               n_train=args.n_train)
     except (DataError, ValueError, io.InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
