@@ -158,6 +158,12 @@ def test_split_is_fixed_by_sorted_stem():
     assert len(train) == 40 and not set(train) & set(test)
     with pytest.raises(quality.DataError):
         quality.split_stems(stems, 45, 10)
+    # Fewer training images (--n-train) leave the test split as it was.
+    fewer = quality.with_n_train(quality.PROFILES["full"]["hippocampus"], 8)
+    assert fewer.n_train == 8 and fewer.train == quality.PROFILES["full"]["hippocampus"].train
+    assert quality.split_stems(stems, fewer.n_train, 10)[1] == test
+    with pytest.raises(ValueError, match="n_train"):
+        quality.with_n_train(fewer, 0)
 
 
 def test_missing_data_fails_clearly(tmp_path, capsys):
@@ -196,14 +202,15 @@ def test_floor_variability_is_deterministic_per_seed_pair(tmp_path):
     # Its record names its own script (it shares quality.py's run metadata).
     meta = quality.run_metadata(["--pairs", "0:1"], "benchmarks/floor_variability.py")
     assert meta["command"] == "python benchmarks/floor_variability.py --pairs 0:1" and meta["machine"]["cpu_model"]
-    argv = ["--lr-schedule", "cosine"]
+    argv = ["--lr-schedule", "cosine", "--n-train", "1"]
     options = quality.one_setting_parser("d", "bbbc039/markov_boundary", "x", training_budget=True).parse_args(argv)
     header = quality.budget_report(argv, "benchmarks/floor_variability.py", "floor_variability", TINY_SETTING,
                                    TINY_PROFILE["bbbc039"], options)
     assert (header["benchmark"], header["setting"], header["lr_schedule"], header["runs"]) == (
         "floor_variability", "tiny/erode_dilate", "cosine", [])
-    assert header["epochs"] == TINY_PROFILE["bbbc039"].train["epochs"]
-    assert header["command"] == "python benchmarks/floor_variability.py --lr-schedule cosine"
+    assert header["epochs"] == TINY_PROFILE["bbbc039"].train["epochs"] and options.n_train == 1
+    assert header["n_train"] == TINY_PROFILE["bbbc039"].n_train
+    assert header["command"] == "python benchmarks/floor_variability.py --lr-schedule cosine --n-train 1"
     with pytest.raises(ValueError, match="NOISE:TRAIN"):
         floor_variability.parse_pairs("3")
     assert floor_variability.main(["--data", str(tmp_path), "--setting", "bbbc039"]) == 2
@@ -333,10 +340,35 @@ def test_learning_curve_ends_where_quality_scores_the_floor(tmp_path, capsys):
     floor = quality.get_method(quality.FLOOR_METHOD).fit(train, config)
     expected = quality.test_scores(floor, test, data["test_labels"], data["n_classes"])["dice"]
     assert noisy["points"][-1]["dice"] == pytest.approx(expected, abs=1e-9)
+    # Its training images are scored the same way against the clean labels and the ones trained on.
+    train_argmax = quality.final_predictions(floor, train)
+    for labels, key in ((data["train_labels"], "train_dice_clean"), (simulated.noisy, "train_dice_given")):
+        score = quality.prediction_scores(train_argmax, labels, data["n_classes"])["dice"]
+        assert noisy["points"][-1][key] == pytest.approx(score, abs=1e-9)
+    assert all(p["train_dice_clean"] == p["train_dice_given"] for p in clean["points"])
     report = {**quality.run_metadata([], "benchmarks/learning_curve.py"), "setting": TINY_SETTING.name,
               "runs": [clean, noisy]}
     table = learning_curve.markdown(report)
-    assert table.count("\n| ") == 3 and "clean labels, seed 0 | noisy labels, seed 0" in table
+    assert table.count("\n| ") == 3 and "clean labels, seed 0: train vs given | noisy labels, seed 0: test" in table
+    # A file written before the train columns existed renders as it did.
+    for run in report["runs"]:
+        for point in run["points"]:
+            del point["train_dice_clean"], point["train_dice_given"]
+    assert "| epoch | clean labels, seed 0 | noisy labels, seed 0 |" in learning_curve.markdown(report)
     assert learning_curve.main(["--data", str(tmp_path / "none")]) == 2
     assert learning_curve.main(["--data", str(ROOT / "sample_data"), "--labels", "dirty"]) == 2
     assert "--labels clean and/or noisy" in capsys.readouterr().err
+
+
+def test_n_train_trains_on_fewer_images_and_tests_on_the_same_ones(report):
+    default, _ = report
+    result = quality.run_benchmark(
+        ROOT / "sample_data", settings=[TINY_SETTING], methods=["baseline"], seeds=[0],
+        profile=TINY_PROFILE, datasets={"bbbc039": SAMPLE_SPEC}, log=lambda line: None, n_train=1,
+    )
+    assert result["profile"] == "custom, n_train=1" and result["profile_config"]["bbbc039"]["n_train"] == 1
+    assert len(result["splits"]["bbbc039"]["train"]) == 1
+    assert result["splits"]["bbbc039"]["test"] == default["splits"]["bbbc039"]["test"]
+    with pytest.raises(ValueError, match="n_train"):
+        quality.run_benchmark(ROOT / "sample_data", settings=[TINY_SETTING], methods=["baseline"],
+                              profile=TINY_PROFILE, datasets={"bbbc039": SAMPLE_SPEC}, n_train=0)
