@@ -15,8 +15,8 @@ final-weights comparison measures where a run happened to stop.
 
 After every epoch the training images are scored too: the argmax against their clean
 labels and against the labels trained on. A network that memorises the noise shows it
-there first: its argmax moves towards the noisy labels and away from the clean ones
-while the training loss keeps falling.
+there first: its argmax moves towards the noisy labels and no closer to the clean ones
+while the training loss keeps falling (and test Dice, from some epoch on, falls).
 
 Writes ``<out>/<name>.json`` (per epoch: test Dice, per class, training loss, train
 argmax against the clean and the given labels) and ``<out>/<name>.md`` (one column
