@@ -104,10 +104,7 @@ def floor_run(data: dict, spec, profile, setting, noise_seed: int, train_seed: i
 
 
 def markdown(report: dict) -> str:
-    schedule = report.get("lr_schedule", "constant")
-    lines = [f"# Floor variability: {report['setting']}, {report['epochs']} epochs"
-             + ("" if schedule == "constant" else f", {schedule} learning rate")
-             + (f", {report['n_train']} training images" if report.get("n_train") else ""), "",
+    lines = [f"# Floor variability: {report['setting']}, {report['epochs']} epochs" + quality.budget_title(report), "",
              "| noise seed | training seed | test Dice | train argmax vs clean | vs noisy | "
              "corr(per-image change: argmax, noisy) | test per-image change, sd | wall s |",
              "|---|---|---|---|---|---|---|---|"]

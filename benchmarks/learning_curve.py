@@ -97,15 +97,12 @@ def curve(data: dict, spec, profile, setting, seed: int, labels: str, epochs=Non
 
 def markdown(report: dict) -> str:
     runs = report["runs"]
-    schedule = report.get("lr_schedule", "constant")
     # Files written before the train columns existed have test Dice only.
     with_train = all("train_dice_clean" in p for r in runs for p in r["points"])
     columns = [f"{r['labels']} labels, seed {r['seed']}" for r in runs]
     if with_train:
         columns = [f"{c}: {part}" for c in columns for part in ("test", "train vs clean", "train vs given")]
-    lines = [f"# Test Dice per epoch: {report['setting']}, baseline U-Net"
-             + ("" if schedule == "constant" else f", {schedule} learning rate")
-             + (f", {report['n_train']} training images" if report.get("n_train") else ""), "",
+    lines = [f"# Test Dice per epoch: {report['setting']}, baseline U-Net" + quality.budget_title(report), "",
              "| epoch | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     keys = ("dice", "train_dice_clean", "train_dice_given") if with_train else ("dice",)
     for i in range(max(len(r["points"]) for r in runs)):

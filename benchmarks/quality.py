@@ -919,6 +919,15 @@ def budget_report(argv, script: str, benchmark: str, setting: Setting, profile: 
             "n_train": profile.n_train, "runs": []}
 
 
+def budget_title(report: dict) -> str:
+    """The title suffix of a :func:`budget_report`: its rate schedule unless constant, and its number of
+    training images where recorded (files written before --n-train have none), e.g.
+    ``", cosine learning rate, 4 training images"``."""
+    schedule = report.get("lr_schedule", "constant")
+    return (("" if schedule == "constant" else f", {schedule} learning rate")
+            + (f", {report['n_train']} training images" if report.get("n_train") else ""))
+
+
 def one_setting_parser(description: str, default_setting: str, default_name: str,
                        setting_help: str = "a quality.py setting name",
                        training_budget: bool = False) -> argparse.ArgumentParser:
