@@ -1,0 +1,291 @@
+"""The methods through the command line, on volumes this repository has never named.
+
+Usage (from the repository root)::
+
+    python benchmarks/unseen.py --data ../shared/data --setting hippocampus/erode_dilate \
+        --methods clcs,distill,cleansing,coseg,adele --n-train 4 --epochs 200 --lr-schedule cosine \
+        [--seed 0] [--train-seed 0] [--name NAME]
+
+Every other benchmark trains through the Python API on a split chosen by sorted stem, and
+the earlier sessions chose budgets and settings while looking at those splits' numbers.
+This one takes its images from the files *no tracked file of the repository names*
+(neither a result file, nor sample_data/, nor a test; its own result files excepted, so
+that its command reproduces its split) and drives the user's commands on them, exactly
+as a user would:
+
+1. ``noisyseg simulate`` corrupts the clean training labels (the quality.py setting's
+   protocol and parameters, ``--seed``);
+2. ``noisyseg train --method baseline`` on the clean labels (ceiling) and on the noisy
+   ones (floor), then ``noisyseg train --method M`` for each method, all with the full
+   profile's network and ``--train-seed``;
+3. ``noisyseg predict`` on the held-out images and ``noisyseg evaluate`` against their
+   clean labels (test Dice); ``noisyseg evaluate`` of the run's ``corrected/`` against
+   the clean training labels beside the noisy labels' own Dice, and of its ``noise/``
+   maps against the simulator's true noise mask (AUROC / AP); the boundary prior
+   (``exp(-d/3)`` to the nearest noisy-label edge, no learning) is the AP to beat.
+
+Writes ``<out>/<name>.json`` (every command run, with its wall time, and every report)
+and ``<out>/<name>.md`` (the table, also printed). ``--work DIR`` keeps the folders the
+commands wrote (default: a temporary folder, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402
+
+from napari_noisyseg.core import io, metrics  # noqa: E402
+
+SCRIPT = "benchmarks/unseen.py"
+# Files this script writes name the stems it chose; scanning them would move its split.
+OWN_RESULTS = re.compile(r"benchmarks/results/unseen[^/]*$")
+SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "build", "dist"}
+CEILING, FLOOR = "ceiling (clean)", "floor (noisy)"
+
+
+def tracked_files(root: Path) -> list:
+    """The repository's tracked files (``git ls-files``), or every file outside the build and
+    environment folders where git is not available."""
+    listed = quality._git("ls-files")
+    if listed:
+        return [root / line for line in listed.splitlines() if (root / line).is_file()]
+    return [p for p in root.rglob("*") if p.is_file() and not SKIP_DIRS & set(p.relative_to(root).parts)]
+
+
+def named_stems(stems, root: Path = quality.ROOT) -> set:
+    """The ``stems`` that any tracked file of ``root`` names, in its path or its text (this
+    script's own result files excepted)."""
+    pattern = re.compile("|".join(sorted(map(re.escape, stems), key=len, reverse=True)))
+    bounded = re.compile(rf"(?<![A-Za-z0-9_])({pattern.pattern})(?![0-9])")
+    named = set()
+    for path in tracked_files(root):
+        relative = path.relative_to(root).as_posix()
+        if OWN_RESULTS.search(relative):
+            continue
+        try:
+            text = path.read_text(errors="ignore")
+        except OSError:
+            continue
+        named.update(bounded.findall(relative + "\n" + text))
+    return named
+
+
+def unseen_split(stems, n_train: int, n_test: int, root: Path = quality.ROOT) -> dict:
+    """Train and test stems drawn from the ``stems`` no tracked file names (:func:`named_stems`),
+    by :func:`quality.split_stems`."""
+    stems = sorted(stems)
+    named = named_stems(stems, root)
+    unseen = [s for s in stems if s not in named]
+    train, test = quality.split_stems(unseen, n_train, n_test)
+    return {"train": train, "test": test, "n_named": len(named), "n_unseen": len(unseen)}
+
+
+def link_pairs(pairs: dict, stems: list, folder: Path) -> None:
+    """``folder/images`` and ``folder/clean`` holding links to the ``stems``' files."""
+    for sub in ("images", "clean"):
+        (folder / sub).mkdir(parents=True)
+    for stem in stems:
+        image_path, label_path = pairs[stem]
+        (folder / "images" / image_path.name).symlink_to(image_path.resolve())
+        (folder / "clean" / label_path.name).symlink_to(label_path.resolve())
+
+
+def noisyseg(args: list, log: list) -> float:
+    """Run ``noisyseg ARGS`` (this environment's), record it in ``log``; its wall seconds.
+    A failing command stops the benchmark with its output."""
+    command = [sys.executable, "-m", "napari_noisyseg.cli", *map(str, args)]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    log.append({"command": "noisyseg " + " ".join(map(str, args)), "wall_s": round(seconds, 1),
+                "returncode": done.returncode})
+    if done.returncode:
+        raise RuntimeError(f"noisyseg {' '.join(map(str, args))} failed ({done.returncode}):\n"
+                           f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return seconds
+
+
+def evaluate(pred: Path, truth: Path, log: list, noise: Path = None, noise_truth: Path = None) -> dict:
+    """``noisyseg evaluate``'s JSON report."""
+    out = pred.parent / f"evaluate_{pred.name}_{truth.parent.name}.json"
+    extra = ["--noise", noise, "--noise-truth", noise_truth] if noise else []
+    noisyseg(["evaluate", "--pred", pred, "--truth", truth, *extra, "--json", out], log)
+    return json.loads(out.read_text())
+
+
+def prior_detection(noisy_dir: Path, mask_dir: Path, per_slice: bool) -> dict:
+    """AUROC / AP of the boundary prior of the noisy labels against the true noise mask (per
+    slice along axis 0 when the noise was drawn per slice, as quality.py)."""
+    scores, truth = [], []
+    for _, label_path, mask_path in io.pair_files(noisy_dir, mask_dir):
+        labels, _ = io.read_labels(label_path)
+        mask, _ = io.read_array(mask_path)
+        prior = (np.stack([metrics.boundary_prior(s) for s in labels]) if per_slice and labels.ndim == 3
+                 else metrics.boundary_prior(labels))
+        scores.append(prior.astype(np.float32).ravel())
+        truth.append(np.asarray(mask).ravel() > 0)
+    found = metrics.noise_detection_scores(np.concatenate(scores), np.concatenate(truth))
+    return {k: found[k] for k in ("auroc", "ap")}
+
+
+def _segmentation(report: dict) -> dict:
+    seg = report["segmentation"]
+    return {"dice": seg["mean_fg_dice"], "dice_per_class": seg["dice_per_class"]}
+
+
+def one_setting(name: str):
+    """``(setting, spec, profile)`` of the quality.py setting ``name`` (full profile)."""
+    settings = quality.select_settings([name])
+    if len(settings) != 1:
+        raise ValueError(f"--setting {name!r} names {len(settings)} settings; name one, e.g. hippocampus/erode_dilate")
+    [setting] = settings
+    return setting, quality.DATASETS[setting.dataset], quality.PROFILES["full"][setting.dataset]
+
+
+def simulate_args(setting) -> list:
+    """``noisyseg simulate`` options for ``setting``'s protocol."""
+    args = ["--noise", setting.protocol, "--fraction", setting.fraction, "--severity", setting.severity]
+    for key, value in setting.params.items():
+        args += ["--param", f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}"]
+    return args + (["--per-slice"] if setting.per_slice else [])
+
+
+def train_args(profile, epochs: int, lr_schedule: str, train_seed: int) -> list:
+    """``noisyseg train`` options: the full profile's network and batches, this run's budget."""
+    t = profile.train
+    return ["--epochs", epochs, "--lr-schedule", lr_schedule, "--seed", train_seed, "--patch-size", t["patch_size"],
+            "--batch-size", t["batch_size"], "--width", t["width"], "--depth", t["depth"], "--quiet"]
+
+
+def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
+        seed: int, train_seed: int, work: Path, say=print) -> dict:
+    """Ceiling, floor and ``methods`` trained through the command line on unseen images.
+
+    Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
+    (mean over foreground classes, and per class) and, for every run on the noisy labels,
+    Dice(corrected, clean), AUROC / AP of its noise maps and its training wall time.
+    """
+    setting, spec, profile = one_setting(setting_name)
+    data_dir = quality.check_data(Path(data_dir), [spec])
+    pairs = {stem: (image, label) for stem, image, label in
+             io.pair_files(data_dir / spec.folder / spec.images, data_dir / spec.folder / spec.labels)}
+    split = unseen_split(list(pairs), n_train, n_test)
+    say(f"{split['n_unseen']} of {len(pairs)} {spec.name} images are named nowhere in the repository; "
+        f"train {split['train']}, {len(split['test'])} test")
+    work = Path(work)
+    link_pairs(pairs, split["train"], work / "train")
+    link_pairs(pairs, split["test"], work / "test")
+    log: list = []
+    sim = work / "simulated"
+    noisyseg(["simulate", "--labels", work / "train" / "clean", *simulate_args(setting), "--seed", seed,
+              "--out", sim], log)
+    noisy = _segmentation(evaluate(sim / "labels", work / "train" / "clean", log))
+    prior = prior_detection(sim / "labels", sim / "noise_mask", setting.per_slice)
+    rows = []
+    for row, method, labels in [(CEILING, "baseline", work / "train" / "clean"), (FLOOR, "baseline", sim / "labels"),
+                                *[(m, m, sim / "labels") for m in methods]]:
+        say(f"  {row} ...")
+        out = work / "runs" / re.sub(r"\W+", "_", row).strip("_")
+        seconds = noisyseg(["train", "--images", work / "train" / "images", "--labels", labels, "--method", method,
+                            *train_args(profile, epochs, lr_schedule, train_seed), "--out", out], log)
+        noisyseg(["predict", "--model", out, "--images", work / "test" / "images", "--out", out / "test"], log)
+        result = {"row": row, "method": method, "train_s": round(seconds, 1),
+                  "test": _segmentation(evaluate(out / "test", work / "test" / "clean", log))}
+        if row != CEILING:
+            report = evaluate(out / "corrected", work / "train" / "clean", log, out / "noise", sim / "noise_mask")
+            result["corrected"] = _segmentation(report)
+            result["noise"] = {k: report["noise_detection"][k] for k in ("auroc", "ap")}
+        rows.append(result)
+        say(f"    test Dice {result['test']['dice']:.3f}"
+            + (f", Dice(corrected, clean) {result['corrected']['dice']:.3f} (noisy {noisy['dice']:.3f}), "
+               f"AP {result['noise']['ap']:.3f} (prior {prior['ap']:.3f})" if "corrected" in result else "")
+            + f", {seconds:.0f} s")
+    return {"split": split, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
+
+
+def _classes(values) -> str:
+    return " / ".join(f"{v:.3f}" if v is not None else "–" for v in values)
+
+
+def markdown(report: dict) -> str:
+    """The table of one run of this benchmark."""
+    floor = next(r for r in report["rows"] if r["row"] == FLOOR)["test"]["dice"]
+    lines = [f"# Never-seen images through the command line: {report['setting']}, seed {report['seed']}, "
+             f"training seed {report['train_seed']}, {report['epochs']} epochs{quality.budget_title(report)}", "",
+             f"`{report['command']}`", "",
+             f"{report['split']['n_unseen']} images named by no tracked file; trained on "
+             f"{', '.join(report['split']['train'])}; tested on {len(report['split']['test'])} others. "
+             f"Dice(noisy, clean) on the training images {report['noisy']['dice']:.3f} "
+             f"({_classes(report['noisy']['dice_per_class'][1:])}); boundary prior AUROC "
+             f"{report['prior']['auroc']:.3f}, AP {report['prior']['ap']:.3f}.", "",
+             "| row | test Dice | per class | Δ floor | Dice corrected | per class | AUROC | AP | AP > prior | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        test = r["test"]
+        cells = [r["row"], f"{test['dice']:.3f}", _classes(test["dice_per_class"][1:]),
+                 "" if r["row"] in (CEILING, FLOOR) else f"{test['dice'] - floor:+.3f}"]
+        if "corrected" in r:
+            cells += [f"{r['corrected']['dice']:.3f}", _classes(r["corrected"]["dice_per_class"][1:]),
+                      f"{r['noise']['auroc']:.3f}", f"{r['noise']['ap']:.3f}",
+                      "yes" if r["noise"]["ap"] > report["prior"]["ap"] else "no"]
+        else:
+            cells += ["", "", "", "", ""]
+        lines.append("| " + " | ".join(cells + [f"{r['train_s']:.0f}"]) + " |")
+    lines += ["", "Test Dice: `noisyseg predict` on the held-out images, `noisyseg evaluate` against their clean "
+              "labels (mean over foreground classes; per class in label order). Dice corrected: `noisyseg evaluate` "
+              "of the run's corrected/ against the clean training labels (Dice(noisy, clean) above). AUROC / AP: "
+              "its noise/ maps against the simulator's noise mask.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "hippocampus/erode_dilate", "unseen",
+                                        training_budget=True)
+    parser.add_argument("--methods", default="clcs,distill,cleansing,coseg,adele",
+                        help="comma-separated methods besides the ceiling and floor")
+    parser.add_argument("--n-test", type=int, default=20, help="held-out images (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="noise draw")
+    parser.add_argument("--train-seed", type=int, default=0, help="training seed of every run")
+    parser.add_argument("--work", default=None, help="keep the commands' folders here (a new folder)")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in quality.REGISTRY]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; registered: {sorted(quality.REGISTRY)}")
+    setting, _, profile = one_setting(args.setting)
+    if args.n_train is not None:
+        profile = quality.with_n_train(profile, args.n_train)
+    args.epochs = args.epochs or profile.train["epochs"]
+    report = {**quality.budget_report(argv, SCRIPT, "unseen", setting, profile, args),
+              "seed": args.seed, "train_seed": args.train_seed}
+    del report["runs"]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="noisyseg_unseen_"))
+    if args.work and work.exists() and any(work.iterdir()):
+        parser.error(f"--work {work} is not empty")
+    try:
+        report.update(run(args.data, args.setting, methods, profile.n_train, args.n_test, args.epochs,
+                          args.lr_schedule, args.seed, args.train_seed, work))
+    except (quality.DataError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    quality.save_and_print(report, args.out, args.name, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
