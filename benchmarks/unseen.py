@@ -42,9 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
+from benchmarks import quality  # noqa: E402
 from napari_noisyseg.core import io, metrics  # noqa: E402
 
 SCRIPT = "benchmarks/unseen.py"
@@ -57,17 +59,20 @@ CEILING, FLOOR = "ceiling (clean)", "floor (noisy)"
 def tracked_files(root: Path) -> list:
     """The repository's tracked files (``git ls-files``), or every file outside the build and
     environment folders where git is not available."""
-    listed = quality._git("ls-files")
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        listed = ""
     if listed:
         return [root / line for line in listed.splitlines() if (root / line).is_file()]
     return [p for p in root.rglob("*") if p.is_file() and not SKIP_DIRS & set(p.relative_to(root).parts)]
 
 
-def named_stems(stems, root: Path = quality.ROOT) -> set:
+def named_stems(stems, root: Path = ROOT) -> set:
     """The ``stems`` that any tracked file of ``root`` names, in its path or its text (this
     script's own result files excepted)."""
     pattern = re.compile("|".join(sorted(map(re.escape, stems), key=len, reverse=True)))
-    bounded = re.compile(rf"(?<![A-Za-z0-9_])({pattern.pattern})(?![0-9])")
+    bounded = re.compile(rf"(?<![A-Za-z0-9_])({pattern.pattern})(?![A-Za-z0-9])")
     named = set()
     for path in tracked_files(root):
         relative = path.relative_to(root).as_posix()
@@ -81,7 +86,7 @@ def named_stems(stems, root: Path = quality.ROOT) -> set:
     return named
 
 
-def unseen_split(stems, n_train: int, n_test: int, root: Path = quality.ROOT) -> dict:
+def unseen_split(stems, n_train: int, n_test: int, root: Path = ROOT) -> dict:
     """Train and test stems drawn from the ``stems`` no tracked file names (:func:`named_stems`),
     by :func:`quality.split_stems`."""
     stems = sorted(stems)
@@ -169,7 +174,7 @@ def train_args(profile, epochs: int, lr_schedule: str, train_seed: int) -> list:
 
 
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
-        seed: int, train_seed: int, work: Path, say=print) -> dict:
+        seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT) -> dict:
     """Ceiling, floor and ``methods`` trained through the command line on unseen images.
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
@@ -180,7 +185,7 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     data_dir = quality.check_data(Path(data_dir), [spec])
     pairs = {stem: (image, label) for stem, image, label in
              io.pair_files(data_dir / spec.folder / spec.images, data_dir / spec.folder / spec.labels)}
-    split = unseen_split(list(pairs), n_train, n_test)
+    split = unseen_split(list(pairs), n_train, n_test, root)
     say(f"{split['n_unseen']} of {len(pairs)} {spec.name} images are named nowhere in the repository; "
         f"train {split['train']}, {len(split['test'])} test")
     work = Path(work)

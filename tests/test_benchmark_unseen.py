@@ -1,0 +1,82 @@
+"""benchmarks/unseen.py: the noisyseg commands end to end on images no tracked file names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import unseen  # noqa: E402
+
+SAMPLE = ROOT / "sample_data" / "hippocampus"
+
+
+def test_named_stems_finds_names_in_paths_and_text_not_prefixes(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "case_7.nii.gz").write_bytes(b"")
+    (repo / "notes.md").write_text("trained on case_12 and case_3a\n")
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "benchmarks" / "results" / "unseen_x.json").write_text('{"train": ["case_5"]}')
+    stems = ["case_1", "case_12", "case_3", "case_5", "case_7"]
+    # case_1 is only a prefix of case_12; case_3a is another name; the script's own results do not count.
+    assert unseen.named_stems(stems, repo) == {"case_12", "case_7"}
+    split = unseen.unseen_split(stems, 1, 2, repo)
+    assert split["n_unseen"] == 3 and set(split["train"] + split["test"]) == {"case_1", "case_3", "case_5"}
+
+
+def test_the_repository_names_its_sample_volumes():
+    named = unseen.named_stems(["hippocampus_148", "hippocampus_165", "hippocampus_" + "9" * 5])
+    assert named == {"hippocampus_148", "hippocampus_165"}
+
+
+def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
+    if not (SAMPLE / "labels_clean").is_dir():
+        pytest.fail("sample_data/hippocampus is missing; run `python sample_data/make_sample_data.py`")
+    data = tmp_path / "data" / "hippocampus"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    # Names no file of the repository holds (built, not written here), plus one it does.
+    copies = {f"vol_{i}{i}x": source for i, source in enumerate(["hippocampus_148", "hippocampus_165"])}
+    copies["hippocampus_148"] = "hippocampus_148"
+    for name, source in copies.items():
+        shutil.copy(SAMPLE / "images" / f"{source}.nii.gz", data / "images" / f"{name}.nii.gz")
+        shutil.copy(SAMPLE / "labels_clean" / f"{source}.nii.gz", data / "masks" / f"{name}.nii.gz")
+    said = []
+    result = unseen.run(tmp_path / "data", "hippocampus/erode_dilate", ["clcs"], 1, 1, 1, "cosine", 0, 0,
+                        tmp_path / "work", say=said.append)
+    assert result["split"]["n_unseen"] == 2 and "hippocampus_148" not in result["split"]["train"] + \
+        result["split"]["test"]
+    assert [r["row"] for r in result["rows"]] == [unseen.CEILING, unseen.FLOOR, "clcs"]
+    assert 0.0 < result["noisy"]["dice"] < 1.0  # the simulator corrupted the training labels
+    assert 0.0 < result["prior"]["ap"] < 1.0
+    for row in result["rows"]:
+        assert 0.0 <= row["test"]["dice"] <= 1.0 and len(row["test"]["dice_per_class"]) == 3
+    for row in result["rows"][1:]:
+        assert 0.0 <= row["corrected"]["dice"] <= 1.0 and 0.0 <= row["noise"]["auroc"] <= 1.0
+    commands = [c["command"].split()[1] for c in result["commands"]]
+    assert commands.count("train") == 3 and commands.count("predict") == 3 and commands[0] == "simulate"
+    assert all(c["returncode"] == 0 for c in result["commands"])
+    # The folders the commands wrote: a user's run, readable by the plugin.
+    assert (tmp_path / "work" / "runs" / "clcs" / "model.safetensors").is_file()
+    assert len(list((tmp_path / "work" / "runs" / "clcs" / "test").iterdir())) == 1
+    report = {**unseen.quality.run_metadata([], unseen.SCRIPT), "setting": "hippocampus/erode_dilate", "seed": 0,
+              "train_seed": 0, "epochs": 1, "lr_schedule": "cosine", "n_train": 1, **result}
+    table = unseen.markdown(report)
+    assert table.count("\n| ") == 4 and "| clcs |" in table
+    json.dumps(report)
+
+
+def test_bad_arguments_are_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        unseen.main(["--methods", "nope"])
+    assert "unknown method(s) ['nope']" in capsys.readouterr().err
+    assert unseen.main(["--data", str(tmp_path / "none"), "--work", str(tmp_path / "w")]) == 2
+    assert "not found" in capsys.readouterr().err
