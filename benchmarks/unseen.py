@@ -71,18 +71,19 @@ def tracked_files(root: Path) -> list:
 def named_stems(stems, root: Path = ROOT) -> set:
     """The ``stems`` that any tracked file of ``root`` names, in its path or its text (this
     script's own result files excepted)."""
-    pattern = re.compile("|".join(sorted(map(re.escape, stems), key=len, reverse=True)))
-    bounded = re.compile(rf"(?<![A-Za-z0-9_])({pattern.pattern})(?![A-Za-z0-9])")
+    bounded = {stem: re.compile(rf"(?<![A-Za-z0-9_]){re.escape(stem)}(?![A-Za-z0-9])") for stem in stems}
     named = set()
     for path in tracked_files(root):
         relative = path.relative_to(root).as_posix()
         if OWN_RESULTS.search(relative):
             continue
         try:
-            text = path.read_text(errors="ignore")
+            text = relative + "\n" + path.read_text(errors="ignore")
         except OSError:
             continue
-        named.update(bounded.findall(relative + "\n" + text))
+        # A substring test first: the boundary regex runs only where the name occurs at all.
+        named.update(stem for stem, pattern in bounded.items()
+                     if stem not in named and stem in text and pattern.search(text))
     return named
 
 
@@ -239,7 +240,7 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         test = r["test"]
         cells = [r["row"], f"{test['dice']:.3f}", _classes(test["dice_per_class"][1:]),
-                 "" if r["row"] in (CEILING, FLOOR) else f"{test['dice'] - floor:+.3f}"]
+                 "" if r["row"] in (CEILING, FLOOR) else f"{test['dice'] - floor:+.3f}".replace("-", "−")]
         if "corrected" in r:
             cells += [f"{r['corrected']['dice']:.3f}", _classes(r["corrected"]["dice_per_class"][1:]),
                       f"{r['noise']['auroc']:.3f}", f"{r['noise']['ap']:.3f}",
@@ -249,8 +250,9 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells + [f"{r['train_s']:.0f}"]) + " |")
     lines += ["", "Test Dice: `noisyseg predict` on the held-out images, `noisyseg evaluate` against their clean "
               "labels (mean over foreground classes; per class in label order). Dice corrected: `noisyseg evaluate` "
-              "of the run's corrected/ against the clean training labels (Dice(noisy, clean) above). AUROC / AP: "
-              "its noise/ maps against the simulator's noise mask.", ""]
+              "of the run's corrected/ against the clean training labels (Dice(noisy, clean) above; the floor's "
+              "corrected/ is its argmax). AUROC / AP: its noise/ maps against the simulator's noise mask. Train s: "
+              "`noisyseg train`'s wall time.", ""]
     return "\n".join(lines)
 
 
