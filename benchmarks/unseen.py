@@ -256,6 +256,71 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _mean_std(values: list, sign: str = "") -> str:
+    text = f"{np.mean(values):{sign}.3f}"
+    return text + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+
+
+def _per_run(values: list) -> str:
+    return " / ".join(f"{v:.3f}" for v in values)
+
+
+def summary_markdown(reports: list, names: list) -> str:
+    """One table over several runs of this benchmark (one setting): per row the mean ± sample std
+    of test Dice (each run's value), its paired difference to the floor of the same run (runs
+    above it), Dice(corrected, clean) and noise AP per run."""
+    settings = {r["setting"] for r in reports}
+    if len(settings) != 1:
+        raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
+    floors = [next(row for row in r["rows"] if row["row"] == FLOOR)["test"]["dice"] for r in reports]
+    seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
+    lines = [f"# Never-seen images through the command line: {settings.pop()}, {len(reports)} runs "
+             f"(noise seed:training seed {seeds})", "",
+             "Runs: " + ", ".join(f"[{n}]({n}.md)" for n in names) + ".", "",
+             f"Dice(noisy, clean) on the training images per run: {_per_run([r['noisy']['dice'] for r in reports])}; "
+             f"boundary prior AP {_per_run([r['prior']['ap'] for r in reports])}.", "",
+             "| row | test Dice | per run | per class (mean) | Δ floor (runs above) | Dice corrected, per run "
+             "| AUROC, per run | AP, per run | train s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
+    order = [row["row"] for row in reports[0]["rows"]]
+    for name in order:
+        rows = [next((row for row in r["rows"] if row["row"] == name), None) for r in reports]
+        if any(row is None for row in rows):
+            continue
+        dice = [row["test"]["dice"] for row in rows]
+        classes = np.mean([row["test"]["dice_per_class"][1:] for row in rows], axis=0)
+        cells = [name, _mean_std(dice), _per_run(dice), " / ".join(f"{c:.3f}" for c in classes)]
+        if name in (CEILING, FLOOR):
+            cells.append("")
+        else:
+            delta = [d - f for d, f in zip(dice, floors)]
+            cells.append(f"{_mean_std(delta, '+')} ({sum(d > 0 for d in delta)}/{len(delta)})".replace("-", "−"))
+        if "corrected" in rows[0]:
+            cells += [_per_run([row["corrected"]["dice"] for row in rows]),
+                      _per_run([row["noise"]["auroc"] for row in rows]), _per_run([row["noise"]["ap"] for row in rows])]
+        else:
+            cells += ["", "", ""]
+        cells.append(f"{np.mean([row['train_s'] for row in rows]):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Each run's table says what the columns hold; the floor's Dice corrected is its argmax. "
+              "Δ floor: test Dice minus the floor's of the same run, mean ± sample std over runs.", ""]
+    return "\n".join(lines)
+
+
+def summarise(paths: list, out, name: str) -> int:
+    """Write ``<out>/<name>.md`` summarising the unseen.py result files ``paths`` (no training)."""
+    try:
+        reports = [json.loads(Path(p).read_text()) for p in paths]
+        table = summary_markdown(reports, [Path(p).stem for p in paths])
+    except (OSError, ValueError, KeyError, StopIteration) as error:
+        print(f"error: cannot summarise {paths}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    target = Path(out) / f"{name}.md"
+    io.atomic_write_text(target, table, overwrite=True)
+    print(table)
+    print(f"wrote {target}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = quality.one_setting_parser(__doc__.split("\n\n")[0], "hippocampus/erode_dilate", "unseen",
@@ -266,7 +331,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise draw")
     parser.add_argument("--train-seed", type=int, default=0, help="training seed of every run")
     parser.add_argument("--work", default=None, help="keep the commands' folders here (a new folder)")
+    parser.add_argument("--summarise", nargs="+", metavar="JSON", default=None,
+                        help="no training: one table over these result files of this script, as --out/--name .md")
     args = parser.parse_args(argv)
+    if args.summarise:
+        return summarise(args.summarise, args.out, args.name)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in quality.REGISTRY]
     if unknown:

@@ -72,6 +72,22 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     table = unseen.markdown(report)
     assert table.count("\n| ") == 4 and "| clcs |" in table
     json.dumps(report)
+    # Several runs: each method paired with the floor of its own run.
+    second = json.loads(json.dumps(report))
+    second["seed"] = second["train_seed"] = 1
+    second["rows"][1]["test"]["dice"] += 0.25
+    summary = unseen.summary_markdown([report, second], ["run0", "run1"])
+    clcs, floor = result["rows"][2]["test"]["dice"], result["rows"][1]["test"]["dice"]
+    delta = [clcs - floor, clcs - floor - 0.25]
+    assert f"({sum(d > 0 for d in delta)}/2)" in summary.split("| clcs |")[1].splitlines()[0]
+    assert "0:0, 1:1" in summary and "[run1](run1.md)" in summary
+    out = tmp_path / "summary"
+    paths = []
+    for name, r in (("a", report), ("b", second)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert unseen.main(["--summarise", *map(str, paths), "--out", str(out), "--name", "s"]) == 0
+    assert (out / "s.md").read_text().startswith("# Never-seen images")
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):
