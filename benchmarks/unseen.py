@@ -175,7 +175,7 @@ def train_args(profile, epochs: int, lr_schedule: str, train_seed: int) -> list:
 
 
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
-        seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT) -> dict:
+        seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT, split: str = "unseen") -> dict:
     """Ceiling, floor and ``methods`` trained through the command line on unseen images.
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
@@ -186,9 +186,14 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     data_dir = quality.check_data(Path(data_dir), [spec])
     pairs = {stem: (image, label) for stem, image, label in
              io.pair_files(data_dir / spec.folder / spec.images, data_dir / spec.folder / spec.labels)}
-    split = unseen_split(list(pairs), n_train, n_test, root)
-    say(f"{split['n_unseen']} of {len(pairs)} {spec.name} images are named nowhere in the repository; "
-        f"train {split['train']}, {len(split['test'])} test")
+    if split == "benchmark":  # quality.py's own split, for data sets with no unnamed images (BBBC039)
+        train, test = quality.split_stems(list(pairs), n_train, n_test)
+        split = {"kind": "benchmark", "train": train, "test": test}
+        say(f"quality.py's split of {len(pairs)} {spec.name} images: {n_train} train, {n_test} test")
+    else:
+        split = {"kind": "unseen", **unseen_split(list(pairs), n_train, n_test, root)}
+        say(f"{split['n_unseen']} of {len(pairs)} {spec.name} images are named nowhere in the repository; "
+            f"train {split['train']}, {len(split['test'])} test")
     work = Path(work)
     link_pairs(pairs, split["train"], work / "train")
     link_pairs(pairs, split["test"], work / "test")
@@ -224,14 +229,25 @@ def _classes(values) -> str:
     return " / ".join(f"{v:.3f}" if v is not None else "–" for v in values)
 
 
+def _title(report: dict) -> str:
+    return "quality.py's split" if report["split"].get("kind") == "benchmark" else "Never-seen images"
+
+
+def _split_text(split: dict) -> str:
+    if split.get("kind") == "benchmark":
+        return (f"quality.py's full-mode split (train {len(split['train'])} images, test {len(split['test'])}): "
+                f"images earlier benchmarks used. ")
+    return (f"{split['n_unseen']} images named by no tracked file; trained on {', '.join(split['train'])}; "
+            f"tested on {len(split['test'])} others. ")
+
+
 def markdown(report: dict) -> str:
     """The table of one run of this benchmark."""
     floor = next(r for r in report["rows"] if r["row"] == FLOOR)["test"]["dice"]
-    lines = [f"# Never-seen images through the command line: {report['setting']}, seed {report['seed']}, "
+    lines = [f"# {_title(report)} through the command line: {report['setting']}, seed {report['seed']}, "
              f"training seed {report['train_seed']}, {report['epochs']} epochs{quality.budget_title(report)}", "",
              f"`{report['command']}`", "",
-             f"{report['split']['n_unseen']} images named by no tracked file; trained on "
-             f"{', '.join(report['split']['train'])}; tested on {len(report['split']['test'])} others. "
+             _split_text(report["split"]) +
              f"Dice(noisy, clean) on the training images {report['noisy']['dice']:.3f} "
              f"({_classes(report['noisy']['dice_per_class'][1:])}); boundary prior AUROC "
              f"{report['prior']['auroc']:.3f}, AP {report['prior']['ap']:.3f}.", "",
@@ -274,7 +290,7 @@ def summary_markdown(reports: list, names: list) -> str:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
     floors = [next(row for row in r["rows"] if row["row"] == FLOOR)["test"]["dice"] for r in reports]
     seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
-    lines = [f"# Never-seen images through the command line: {settings.pop()}, {len(reports)} runs "
+    lines = [f"# {_title(reports[0])} through the command line: {settings.pop()}, {len(reports)} runs "
              f"(noise seed:training seed {seeds})", "",
              "Runs: " + ", ".join(f"[{n}]({n}.md)" for n in names) + ".", "",
              f"Dice(noisy, clean) on the training images per run: {_per_run([r['noisy']['dice'] for r in reports])}; "
@@ -327,7 +343,11 @@ def main(argv=None) -> int:
                                         training_budget=True)
     parser.add_argument("--methods", default="clcs,distill,cleansing,coseg,adele",
                         help="comma-separated methods besides the ceiling and floor")
-    parser.add_argument("--n-test", type=int, default=20, help="held-out images (default 20)")
+    parser.add_argument("--n-test", type=int, default=None,
+                        help="held-out images (default: the full profile's, 20 hippocampus volumes)")
+    parser.add_argument("--split", default="unseen", choices=["unseen", "benchmark"],
+                        help="unseen: images no tracked file names (default); benchmark: quality.py's full split, "
+                             "for data sets that have no unnamed images (BBBC039)")
     parser.add_argument("--seed", type=int, default=0, help="noise draw")
     parser.add_argument("--train-seed", type=int, default=0, help="training seed of every run")
     parser.add_argument("--work", default=None, help="keep the commands' folders here (a new folder)")
@@ -351,8 +371,8 @@ def main(argv=None) -> int:
     if args.work and work.exists() and any(work.iterdir()):
         parser.error(f"--work {work} is not empty")
     try:
-        report.update(run(args.data, args.setting, methods, profile.n_train, args.n_test, args.epochs,
-                          args.lr_schedule, args.seed, args.train_seed, work))
+        report.update(run(args.data, args.setting, methods, profile.n_train, args.n_test or profile.n_test,
+                          args.epochs, args.lr_schedule, args.seed, args.train_seed, work, split=args.split))
     except (quality.DataError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

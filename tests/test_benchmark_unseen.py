@@ -88,6 +88,10 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
         paths[-1].write_text(json.dumps(r))
     assert unseen.main(["--summarise", *map(str, paths), "--out", str(out), "--name", "s"]) == 0
     assert (out / "s.md").read_text().startswith("# Never-seen images")
+    # quality.py's split (--split benchmark) says so instead of claiming unseen images.
+    report["split"] = {"kind": "benchmark", "train": ["a"], "test": ["b", "c"]}
+    assert unseen.markdown(report).startswith("# quality.py's split through the command line")
+    assert "(train 1 images, test 2)" in unseen.markdown(report)
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):
