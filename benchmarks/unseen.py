@@ -176,7 +176,8 @@ def train_args(profile, epochs: int, lr_schedule: str, train_seed: int) -> list:
 
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
         seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT, split: str = "unseen") -> dict:
-    """Ceiling, floor and ``methods`` trained through the command line on unseen images.
+    """Ceiling, floor and ``methods`` trained through the command line on unseen images (``split``
+    "unseen") or on quality.py's full split ("benchmark").
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
     (mean over foreground classes, and per class) and, for every run on the noisy labels,
@@ -199,8 +200,9 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     link_pairs(pairs, split["test"], work / "test")
     log: list = []
     sim = work / "simulated"
-    noisyseg(["simulate", "--labels", work / "train" / "clean", *simulate_args(setting), "--seed", seed,
-              "--out", sim], log)
+    # --images: model_noise trains its weak network on them; every other protocol ignores it.
+    noisyseg(["simulate", "--labels", work / "train" / "clean", "--images", work / "train" / "images",
+              *simulate_args(setting), "--seed", seed, "--out", sim], log)
     noisy = _segmentation(evaluate(sim / "labels", work / "train" / "clean", log))
     prior = prior_detection(sim / "labels", sim / "noise_mask", setting.per_slice)
     rows = []
@@ -360,7 +362,10 @@ def main(argv=None) -> int:
     unknown = [m for m in methods if m not in quality.REGISTRY]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; registered: {sorted(quality.REGISTRY)}")
-    setting, _, profile = one_setting(args.setting)
+    try:
+        setting, _, profile = one_setting(args.setting)
+    except ValueError as error:
+        parser.error(str(error))
     if args.n_train is not None:
         profile = quality.with_n_train(profile, args.n_train)
     args.epochs = args.epochs or profile.train["epochs"]

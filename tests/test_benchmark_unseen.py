@@ -98,5 +98,8 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         unseen.main(["--methods", "nope"])
     assert "unknown method(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        unseen.main(["--setting", "hippocampus/none"])
+    assert "hippocampus/none" in capsys.readouterr().err
     assert unseen.main(["--data", str(tmp_path / "none"), "--work", str(tmp_path / "w")]) == 2
     assert "not found" in capsys.readouterr().err
