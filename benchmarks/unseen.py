@@ -24,6 +24,10 @@ as a user would:
    maps against the simulator's true noise mask (AUROC / AP); the boundary prior
    (``exp(-d/3)`` to the nearest noisy-label edge, no learning) is the AP to beat.
 
+``--split benchmark`` runs the same commands on quality.py's full split instead, for a data
+set with no unnamed images (every BBBC039 image is in that split); its tables say so.
+``--summarise FILES`` writes one table over several runs' result files (no training).
+
 Writes ``<out>/<name>.json`` (every command run, with its wall time, and every report)
 and ``<out>/<name>.md`` (the table, also printed). ``--work DIR`` keeps the folders the
 commands wrote (default: a temporary folder, removed afterwards).
