@@ -231,6 +231,11 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     return {"split": split, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
 
 
+def _floor_dice(report: dict) -> float:
+    """Test Dice of a run's floor row."""
+    return next(row for row in report["rows"] if row["row"] == FLOOR)["test"]["dice"]
+
+
 def _classes(values) -> str:
     return " / ".join(f"{v:.3f}" if v is not None else "–" for v in values)
 
@@ -249,7 +254,7 @@ def _split_text(split: dict) -> str:
 
 def markdown(report: dict) -> str:
     """The table of one run of this benchmark."""
-    floor = next(r for r in report["rows"] if r["row"] == FLOOR)["test"]["dice"]
+    floor = _floor_dice(report)
     lines = [f"# {_title(report)} through the command line: {report['setting']}, seed {report['seed']}, "
              f"training seed {report['train_seed']}, {report['epochs']} epochs{quality.budget_title(report)}", "",
              f"`{report['command']}`", "",
@@ -278,11 +283,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _mean_std(values: list, sign: str = "") -> str:
-    text = f"{np.mean(values):{sign}.3f}"
-    return text + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
-
-
 def _per_run(values: list) -> str:
     return " / ".join(f"{v:.3f}" for v in values)
 
@@ -294,7 +294,7 @@ def summary_markdown(reports: list, names: list) -> str:
     settings = {r["setting"] for r in reports}
     if len(settings) != 1:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
-    floors = [next(row for row in r["rows"] if row["row"] == FLOOR)["test"]["dice"] for r in reports]
+    floors = [_floor_dice(r) for r in reports]
     seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
     lines = [f"# {_title(reports[0])} through the command line: {settings.pop()}, {len(reports)} runs "
              f"(noise seed:training seed {seeds})", "",
@@ -309,19 +309,21 @@ def summary_markdown(reports: list, names: list) -> str:
         if any(row is None for row in rows):
             continue
         dice = [row["test"]["dice"] for row in rows]
-        classes = np.mean([row["test"]["dice_per_class"][1:] for row in rows], axis=0)
-        cells = [name, _mean_std(dice), _per_run(dice), " / ".join(f"{c:.3f}" for c in classes)]
-        if name in (CEILING, FLOOR):
-            cells.append("")
-        else:
-            delta = [d - f for d, f in zip(dice, floors)]
-            cells.append(f"{_mean_std(delta, '+')} ({sum(d > 0 for d in delta)}/{len(delta)})".replace("-", "−"))
+        paired = name not in (CEILING, FLOOR)
+        # The statistics and formats of quality.py's tables (mean ± sample std; Δ floor with runs above).
+        stats = metrics.aggregate_scores([
+            {"dice": row["test"]["dice"], "dice_per_class": row["test"]["dice_per_class"], "train_s": row["train_s"],
+             **({"dice_minus_floor": row["test"]["dice"] - floor, "above_floor": float(row["test"]["dice"] > floor)}
+                if paired else {})}
+            for row, floor in zip(rows, floors)])
+        cells = [name, quality._fmt(stats["dice"]), _per_run(dice), quality._fmt_classes(stats["dice_per_class"]),
+                 quality._fmt_paired(stats).replace("-", "−") if paired else ""]
         if "corrected" in rows[0]:
             cells += [_per_run([row["corrected"]["dice"] for row in rows]),
                       _per_run([row["noise"]["auroc"] for row in rows]), _per_run([row["noise"]["ap"] for row in rows])]
         else:
             cells += ["", "", ""]
-        cells.append(f"{np.mean([row['train_s'] for row in rows]):.0f}")
+        cells.append(f"{stats['train_s']['mean']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Each run's table says what the columns hold; the floor's Dice corrected is its argmax. "
               "Δ floor: test Dice minus the floor's of the same run, mean ± sample std over runs.", ""]
