@@ -137,15 +137,14 @@ def evaluate(pred: Path, truth: Path, log: list, noise: Path = None, noise_truth
 def prior_detection(noisy_dir: Path, mask_dir: Path, per_slice: bool) -> dict:
     """AUROC / AP of the boundary prior of the noisy labels against the true noise mask (per
     slice along axis 0 when the noise was drawn per slice, as quality.py)."""
-    scores, truth = [], []
+    priors, truth = [], []
     for _, label_path, mask_path in io.pair_files(noisy_dir, mask_dir):
         labels, _ = io.read_labels(label_path)
         mask, _ = io.read_array(mask_path)
-        prior = (np.stack([metrics.boundary_prior(s) for s in labels]) if per_slice and labels.ndim == 3
-                 else metrics.boundary_prior(labels))
-        scores.append(prior.astype(np.float32).ravel())
+        priors.append(np.stack([metrics.boundary_prior(s) for s in labels]) if per_slice and labels.ndim == 3
+                      else metrics.boundary_prior(labels))
         truth.append(np.asarray(mask).ravel() > 0)
-    found = metrics.noise_detection_scores(np.concatenate(scores), np.concatenate(truth))
+    found = quality.detection_scores(priors, np.concatenate(truth))  # pooled, as quality.py scores its prior row
     return {k: found[k] for k in ("auroc", "ap")}
 
 
@@ -193,15 +192,15 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
              io.pair_files(data_dir / spec.folder / spec.images, data_dir / spec.folder / spec.labels)}
     if split == "benchmark":  # quality.py's own split, for data sets with no unnamed images (BBBC039)
         train, test = quality.split_stems(list(pairs), n_train, n_test)
-        split = {"kind": "benchmark", "train": train, "test": test}
+        chosen = {"kind": "benchmark", "train": train, "test": test}
         say(f"quality.py's split of {len(pairs)} {spec.name} images: {n_train} train, {n_test} test")
     else:
-        split = {"kind": "unseen", **unseen_split(list(pairs), n_train, n_test, root)}
-        say(f"{split['n_unseen']} of {len(pairs)} {spec.name} images are named nowhere in the repository; "
-            f"train {split['train']}, {len(split['test'])} test")
+        chosen = {"kind": "unseen", **unseen_split(list(pairs), n_train, n_test, root)}
+        say(f"{chosen['n_unseen']} of {len(pairs)} {spec.name} images are named nowhere in the repository; "
+            f"train {chosen['train']}, {len(chosen['test'])} test")
     work = Path(work)
-    link_pairs(pairs, split["train"], work / "train")
-    link_pairs(pairs, split["test"], work / "test")
+    link_pairs(pairs, chosen["train"], work / "train")
+    link_pairs(pairs, chosen["test"], work / "test")
     log: list = []
     sim = work / "simulated"
     # --images: model_noise trains its weak network on them; every other protocol ignores it.
@@ -228,7 +227,7 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
             + (f", Dice(corrected, clean) {result['corrected']['dice']:.3f} (noisy {noisy['dice']:.3f}), "
                f"AP {result['noise']['ap']:.3f} (prior {prior['ap']:.3f})" if "corrected" in result else "")
             + f", {seconds:.0f} s")
-    return {"split": split, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
+    return {"split": chosen, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
 
 
 def _floor_dice(report: dict) -> float:
