@@ -132,6 +132,14 @@ class_constraint : bool, default True
 final_correction : bool, default True
 flip_tta : bool, default True
     Flip-averaged predictions for correction, snapshot and output.
+anchor_onset : bool, default True
+    **(ours)** Anchor every correction to the early-learning estimate: at the epoch
+    a class starts memorising, the argmax of the training predictions is kept as
+    that class's anchor, and a later correction turns a pixel into or out of the
+    class only where the anchor also predicted the new label. Corrected labels
+    then lie between the given labels and what the network drew when early
+    learning ended, so corrections cannot feed on themselves (see the known
+    limitation under 2). ``False``: the authors' unbounded accumulation.
 """
 
 from __future__ import annotations
@@ -168,6 +176,7 @@ DEFAULTS: dict = {
     "class_constraint": True,
     "final_correction": True,
     "flip_tta": True,
+    "anchor_onset": True,
 }
 
 
@@ -440,7 +449,8 @@ def correction_period(correct_every: int, planned_epochs: int, reference_epochs:
 
 
 def correct_labels(probabilities: np.ndarray, current: np.ndarray, memorising, tau_fg: float = 0.7,
-                   tau_bg: float = 0.7, present=None, frozen: np.ndarray | None = None) -> np.ndarray:
+                   tau_bg: float = 0.7, present=None, frozen: np.ndarray | None = None,
+                   anchors: dict | None = None) -> np.ndarray:
     """One ADELE correction of one sample's training labels.
 
     Parameters
@@ -456,6 +466,10 @@ def correct_labels(probabilities: np.ndarray, current: np.ndarray, memorising, t
         Classes the prediction may introduce besides background (the class constraint).
     frozen : ndarray of bool (H, W), optional
         Trusted and ignored pixels: never changed.
+    anchors : dict of int -> ndarray of int (H, W), optional
+        Per foreground class, the argmax of the predictions at the epoch that class
+        started memorising. A pixel that is, or would become, class ``c`` changes only
+        where ``anchors[c]`` also predicted the new class (``anchor_onset``).
 
     Returns
     -------
@@ -472,6 +486,9 @@ def correct_labels(probabilities: np.ndarray, current: np.ndarray, memorising, t
         replace &= np.isin(predicted, np.array(sorted({0} | {int(c) for c in present})))
     if frozen is not None:
         replace &= ~frozen
+    for c, anchor in (anchors or {}).items():
+        involved = (current == c) | (predicted == c)
+        replace &= ~involved | (anchor == predicted)
     return np.where(replace, predicted, current).astype(np.int64)
 
 
@@ -496,13 +513,24 @@ class _Corrector:
         # 1 − p(given) at the correction that last changed a pixel; nan where never changed.
         self.noise_at_change = [np.full(s.shape, np.nan, np.float32) for s in dataset.samples]
         self.records: list = []
+        # Per class: per sample, the argmax at the epoch the class started memorising.
+        self.anchors: dict = {}
+
+    def set_anchor(self, classes, probabilities: list) -> None:
+        """Keep the predictions' argmax as the anchor of each class that starts memorising now."""
+        if not self.params["anchor_onset"]:
+            return
+        argmax = [p.argmax(axis=0).astype(np.uint8) for p in probabilities]
+        for c in classes:
+            self.anchors[int(c)] = argmax
 
     def apply(self, probabilities: list, memorising, epoch) -> dict:
         n_classes = self.dataset.n_classes
         changed_total, to_class, from_class = 0, np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
         for i, (sample, probs) in enumerate(zip(self.dataset.samples, probabilities)):
+            anchors = {c: per_sample[i] for c, per_sample in self.anchors.items()}
             new = correct_labels(probs, self.labels[i], memorising, self.params["tau_fg"], self.params["tau_bg"],
-                                 self.present[i], self.frozen[i])
+                                 self.present[i], self.frozen[i], anchors)
             changed = new != self.labels[i]
             if changed.any():
                 self.noise_at_change[i][changed] = noise_from_probabilities(probs, sample.labels)[changed]
@@ -611,6 +639,7 @@ def fit(dataset, config, events=None):
         if snapshot is None:
             snapshot = [noise_from_probabilities(p, s.labels) for p, s in zip(probabilities, dataset.samples)]
             snapshot_epoch = epoch
+        corrector.set_anchor(started, probabilities)
         record = corrector.apply(probabilities, memorising, epoch)
         last_correction = epoch
         what = f"class {', '.join(map(str, started))} started memorising; " if started else ""
