@@ -181,6 +181,22 @@ def test_correction_rule():
     np.testing.assert_array_equal(new, [[0, 1, 1, 1, 1, 0]])
 
 
+def test_anchors_bound_the_correction():
+    """A pixel enters or leaves class c only where c's onset prediction also chose the new label."""
+    p = np.array([
+        [0.9, 0.1, 0.9, 0.1],   # background
+        [0.1, 0.9, 0.1, 0.9],   # class 1
+    ], np.float32)[:, None, :]
+    current = np.array([[1, 0, 1, 0]])
+    np.testing.assert_array_equal(correct_labels(p, current, memorising=[1]), [[0, 1, 0, 1]])
+    anchor = np.array([[0, 1, 1, 0]])  # at onset: px0 background, px1 class 1, px2 class 1, px3 background
+    new = correct_labels(p, current, memorising=[1], anchors={1: anchor})
+    # px0 and px1 move to what the anchor drew; px2 (anchor kept class 1) and px3 (anchor saw background) stay.
+    np.testing.assert_array_equal(new, [[0, 1, 1, 0]])
+    # Repeating the correction with the same predictions changes nothing more: no drift past the anchor.
+    np.testing.assert_array_equal(correct_labels(p, new, memorising=[1], anchors={1: anchor}), new)
+
+
 # ----------------------------------------------------------------------------- training
 
 
