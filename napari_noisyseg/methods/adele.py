@@ -102,7 +102,9 @@ correction stable. The procedure follows the authors' code
    class is background or a class present in the sample's source (**ours**: the
    whole volume for slices of a volume, the image in 2D). Corrections accumulate
    in per-sample training labels; trusted and ignored pixels are never corrected
-   (so trusted pixels are always supervised with their given label).
+   (so trusted pixels are always supervised with their given label). With
+   ``anchor_onset`` (**ours**, default) a pixel also moves into or out of class
+   ``c`` only where the prediction at ``c``'s onset chose the new label.
 4. **Outputs.** ``corrected`` = the accumulated training labels; with
    ``final_correction`` (**ours**) the rule is applied once more with the final
    model's flip-averaged predictions (same classes, same thresholds).
