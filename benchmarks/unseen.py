@@ -286,10 +286,11 @@ def _per_run(values: list) -> str:
     return " / ".join(f"{v:.3f}" for v in values)
 
 
-def summary_markdown(reports: list, names: list) -> str:
+def summary_markdown(reports: list, names: list, rows: list | None = None) -> str:
     """One table over several runs of this benchmark (one setting): per row the mean ± sample std
     of test Dice (each run's value), its paired difference to the floor of the same run (runs
-    above it), Dice(corrected, clean) and noise AP per run."""
+    above it), Dice(corrected, clean) and noise AP per run. ``rows``: the method rows to keep
+    (default all; the ceiling and floor are always kept)."""
     settings = {r["setting"] for r in reports}
     if len(settings) != 1:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
@@ -302,7 +303,8 @@ def summary_markdown(reports: list, names: list) -> str:
              f"boundary prior AP {_per_run([r['prior']['ap'] for r in reports])}.", "",
              "| row | test Dice | per run | per class (mean) | Δ floor (runs above) | Dice corrected, per run "
              "| AUROC, per run | AP, per run | train s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
-    order = [row["row"] for row in reports[0]["rows"]]
+    order = [row["row"] for row in reports[0]["rows"]
+             if rows is None or row["row"] in (CEILING, FLOOR) or row["row"] in rows]
     for name in order:
         rows = [next((row for row in r["rows"] if row["row"] == name), None) for r in reports]
         if any(row is None for row in rows):
@@ -329,11 +331,11 @@ def summary_markdown(reports: list, names: list) -> str:
     return "\n".join(lines)
 
 
-def summarise(paths: list, out, name: str) -> int:
+def summarise(paths: list, out, name: str, rows: list | None = None) -> int:
     """Write ``<out>/<name>.md`` summarising the unseen.py result files ``paths`` (no training)."""
     try:
         reports = [json.loads(Path(p).read_text()) for p in paths]
-        table = summary_markdown(reports, [Path(p).stem for p in paths])
+        table = summary_markdown(reports, [Path(p).stem for p in paths], rows)
     except (OSError, ValueError, KeyError, StopIteration) as error:
         print(f"error: cannot summarise {paths}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -360,9 +362,12 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="keep the commands' folders here (a new folder)")
     parser.add_argument("--summarise", nargs="+", metavar="JSON", default=None,
                         help="no training: one table over these result files of this script, as --out/--name .md")
+    parser.add_argument("--rows", default=None,
+                        help="with --summarise: comma-separated method rows to keep (the ceiling and floor always)")
     args = parser.parse_args(argv)
     if args.summarise:
-        return summarise(args.summarise, args.out, args.name)
+        rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+        return summarise(args.summarise, args.out, args.name, rows)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in quality.REGISTRY]
     if unknown:

@@ -88,6 +88,9 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
         paths[-1].write_text(json.dumps(r))
     assert unseen.main(["--summarise", *map(str, paths), "--out", str(out), "--name", "s"]) == 0
     assert (out / "s.md").read_text().startswith("# Never-seen images")
+    assert unseen.main(["--summarise", *map(str, paths), "--rows", "distill", "--out", str(out), "--name", "t"]) == 0
+    kept = (out / "t.md").read_text()
+    assert "| clcs |" not in kept and f"| {unseen.FLOOR} |" in kept and f"| {unseen.CEILING} |" in kept
     # quality.py's split (--split benchmark) says so instead of claiming unseen images.
     report["split"] = {"kind": "benchmark", "train": ["a"], "test": ["b", "c"]}
     assert unseen.markdown(report).startswith("# quality.py's split through the command line")
