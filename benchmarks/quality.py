@@ -197,6 +197,12 @@ SETTINGS = [
             # On hippocampus slices the radius is always cut to half the structure's inscribed radius,
             # so every seed draws the same labels here (checked on the 40 training volumes).
             note="every slice, only the smaller class (by area) eroded by r ~ U{2..5} px", quick=False),
+    # Co-Seg's own regime on volumes: two annotators, one of whom draws both structures too small
+    # on every slice of the volumes they annotated (half of them); sample sifting has clean slices to find.
+    Setting("hippocampus/erode_half", "hippocampus", "erode_dilate", 0.5, 1.0, {"mode": "erode", "radius": (2, 5)},
+            per_slice=True,
+            note="half the volumes (alpha = 0.5), every slice's structures eroded by r ~ U{2..5} px (capped at "
+                 "half the inscribed radius), both classes; the other volumes clean", quick=False),
     Setting("hippocampus/class_flip", "hippocampus", "class_flip", 1.0, 1.0, {"p": 0.3}, per_slice=True,
             note="every slice, each structure relabelled to the other class with p = 0.3", quick=False),
     # The protocol's default (20 steps, 128-px patches) gave Dice(noisy, clean) 0.002 here: the weak

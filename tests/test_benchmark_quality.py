@@ -176,8 +176,8 @@ def test_missing_data_fails_clearly(tmp_path, capsys):
 def test_settings_are_selectable_by_dataset():
     chosen = quality.select_settings(["hippocampus"])
     assert [s.name for s in chosen] == ["hippocampus/erode_dilate", "hippocampus/minority_erode",
-                                        "hippocampus/class_flip", "hippocampus/model_noise"]
-    assert all(s.per_slice for s in chosen[:3])
+                                        "hippocampus/erode_half", "hippocampus/class_flip", "hippocampus/model_noise"]
+    assert all(s.per_slice for s in chosen[:4])
     # --quick without names: the settings marked quick; named settings run whatever the profile.
     quick = [s.name for s in quality.select_settings([], quick=True)]
     assert "hippocampus/erode_dilate" in quick and "hippocampus/model_noise" not in quick
