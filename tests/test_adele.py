@@ -25,6 +25,7 @@ from napari_noisyseg.methods.adele import (
     adele_loss,
     consistency_map,
     correct_labels,
+    match_class_areas,
     correction_period,
     detect_onset,
     iou_curve_model,
@@ -195,6 +196,25 @@ def test_anchors_bound_the_correction():
     np.testing.assert_array_equal(new, [[0, 1, 1, 0]])
     # Repeating the correction with the same predictions changes nothing more: no drift past the anchor.
     np.testing.assert_array_equal(correct_labels(p, new, memorising=[1], anchors={1: anchor}), new)
+
+
+def test_matched_areas_undo_a_size_bias_and_keep_the_shape():
+    """A network that draws a disc too small: reweighting restores the labelled area, not the pixel order."""
+    yy, xx = np.mgrid[:64, :64]
+    distance = np.hypot(yy - 32, xx - 32)
+    labels = (distance <= 12).astype(np.int64)
+    p1 = 1.0 / (1.0 + np.exp(distance - 9.0))  # under-confident: p(class 1) = 0.5 at radius 9, not 12
+    probabilities = [np.stack([1.0 - p1, p1]).astype(np.float32)] * 2
+    targets = np.bincount(labels.ravel(), minlength=2) * 2
+    masks = [np.ones(labels.shape, bool)] * 2
+    matched, weights = match_class_areas(probabilities, targets, masks)
+    np.testing.assert_allclose(sum(m[1].sum() for m in matched), targets[1], rtol=2e-3)
+    assert weights[1] > weights[0]
+    argmax_area = (matched[0].argmax(0) == 1).sum()
+    assert (probabilities[0].argmax(0) == 1).sum() < 0.7 * labels.sum() and abs(argmax_area / labels.sum() - 1) < 0.1
+    # Monotone in the original probability: the reweighting moves the boundary, not the shape.
+    order = np.argsort(p1.ravel())
+    assert np.all(np.diff(matched[0][1].ravel()[order]) >= -1e-6)
 
 
 # ----------------------------------------------------------------------------- training

@@ -153,6 +153,14 @@ anchor_onset : bool, default True
     then lie between the given labels and what the network drew when early
     learning ended, so corrections cannot feed on themselves (see the known
     limitation under 2). ``False``: the authors' unbounded accumulation.
+match_area : bool, default False
+    **(ours)** Before each correction (and the onset anchor), reweight the predicted
+    class probabilities so that every class's expected area over the training set
+    equals its area in the given labels (:func:`match_class_areas`, the prior
+    adjustment of Saerens et al. 2002). A network at the end of early learning
+    draws small structures too small (it learns their cores first), so its
+    confident background erodes them even where the labels are unbiased in area;
+    the reweighting removes that size bias and keeps the shape.
 """
 
 from __future__ import annotations
@@ -190,6 +198,7 @@ DEFAULTS: dict = {
     "final_correction": True,
     "flip_tta": True,
     "anchor_onset": True,
+    "match_area": False,
 }
 
 
@@ -461,6 +470,52 @@ def correction_period(correct_every: int, planned_epochs: int, reference_epochs:
     return max(1, int(round(correct_every * planned_epochs / reference_epochs)))
 
 
+def match_class_areas(probabilities: list, targets: np.ndarray, masks: list | None = None,
+                      iterations: int = 200, tolerance: float = 1e-3) -> tuple[list, np.ndarray]:
+    """Reweight class probabilities so that each class's expected area matches ``targets``.
+
+    The fixed point of ``w_k ← w_k · target_k / Σ p'_k`` with ``p' ∝ w · p`` (the
+    prior adjustment of Saerens et al., 2002), summed over every sample.
+
+    Parameters
+    ----------
+    probabilities : list of ndarray, float (K, ...)
+        Per sample, class probabilities (summing to 1 over axis 0).
+    targets : ndarray, float (K,)
+        The wanted expected area (pixels) of each class over all samples.
+    masks : list of ndarray of bool (...), optional
+        Per sample, the pixels that count (default all).
+    iterations : int
+    tolerance : float
+        Stop once every class's area is within this relative distance of its target.
+
+    Returns
+    -------
+    reweighted : list of ndarray, float32 (K, ...)
+    weights : ndarray, float64 (K,)
+        The class weights applied (1 for a class whose predicted area is 0).
+    """
+    n_classes = probabilities[0].shape[0]
+    targets = np.asarray(targets, np.float64)
+    weights = np.ones(n_classes)
+
+    def reweighted(p):
+        q = p * weights.reshape((n_classes,) + (1,) * (p.ndim - 1))
+        return q / np.maximum(q.sum(axis=0, keepdims=True), 1e-12)
+
+    for _ in range(iterations):
+        area = np.zeros(n_classes)
+        for i, p in enumerate(probabilities):
+            q = reweighted(p)
+            area += (q[:, masks[i]] if masks is not None else q.reshape(n_classes, -1)).sum(axis=1)
+        ratio = np.where(area > 0, targets / np.maximum(area, 1e-12), 1.0)
+        if np.all(np.abs(ratio - 1.0) < tolerance):
+            break
+        weights = weights * ratio
+        weights = weights / weights.max()
+    return [reweighted(p).astype(np.float32) for p in probabilities], weights
+
+
 def correct_labels(probabilities: np.ndarray, current: np.ndarray, memorising, tau_fg: float = 0.7,
                    tau_bg: float = 0.7, present=None, frozen: np.ndarray | None = None,
                    anchors: dict | None = None) -> np.ndarray:
@@ -528,6 +583,20 @@ class _Corrector:
         self.records: list = []
         # Per class: per sample, the argmax at the epoch the class started memorising.
         self.anchors: dict = {}
+        self.area_weights: list = []
+
+    def matched(self, probabilities: list) -> list:
+        """``probabilities`` with each class's expected area set to its area in the given labels
+        (``match_area``), else unchanged."""
+        if not self.params["match_area"]:
+            return probabilities
+        n_classes = self.dataset.n_classes
+        counted = [~s.ignore for s in self.dataset.samples]
+        targets = sum(np.bincount(s.labels[m].ravel(), minlength=n_classes)[:n_classes]
+                      for s, m in zip(self.dataset.samples, counted))
+        matched, weights = match_class_areas(probabilities, targets, counted)
+        self.area_weights.append([float(w) for w in weights])
+        return matched
 
     def set_anchor(self, classes, probabilities: list) -> None:
         """Keep the predictions' argmax as the anchor of each class that starts memorising now."""
@@ -652,8 +721,9 @@ def fit(dataset, config, events=None):
         if snapshot is None:
             snapshot = [noise_from_probabilities(p, s.labels) for p, s in zip(probabilities, dataset.samples)]
             snapshot_epoch = epoch
-        corrector.set_anchor(started, probabilities)
-        record = corrector.apply(probabilities, memorising, epoch)
+        matched = corrector.matched(probabilities)
+        corrector.set_anchor(started, matched)
+        record = corrector.apply(matched, memorising, epoch)
         last_correction = epoch
         what = f"class {', '.join(map(str, started))} started memorising; " if started else ""
         run.progress.emit(StateEvent(
@@ -662,7 +732,7 @@ def fit(dataset, config, events=None):
     probabilities = run.predict(model, flip_tta=flip)
     memorising = [c for c in classes if onset_epoch[c] is not None]
     if params["final_correction"] and memorising:
-        corrector.apply(probabilities, memorising, "final")
+        corrector.apply(corrector.matched(probabilities), memorising, "final")
     if snapshot is None:
         snapshot = [noise_from_probabilities(p, s.labels) for p, s in zip(probabilities, dataset.samples)]
     noise = corrector.noise(snapshot)
@@ -676,6 +746,7 @@ def fit(dataset, config, events=None):
         "pixels_changed": [r["pixels_changed"] for r in corrector.records],
         "corrections": corrector.records,
         "correction_period": periods,
+        "area_weights": corrector.area_weights,
         "scales": scales,
     }
     return result_from_run(run, probabilities, noise, corrected, {"model": model}, history_extra=history_extra)
