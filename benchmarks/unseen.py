@@ -177,8 +177,17 @@ def train_args(profile, epochs: int, lr_schedule: str, train_seed: int) -> list:
             "--batch-size", t["batch_size"], "--width", t["width"], "--depth", t["depth"], "--quiet"]
 
 
+def param_args(params: dict, method: str) -> list:
+    """``noisyseg train --param`` options for ``method`` from ``{method: {key: value}}`` (quality.py's --params)."""
+    args = []
+    for key, value in (params or {}).get(method, {}).items():
+        args += ["--param", f"{key}={json.dumps(value)}"]
+    return args
+
+
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
-        seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT, split: str = "unseen") -> dict:
+        seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT, split: str = "unseen",
+        params: dict | None = None) -> dict:
     """Ceiling, floor and ``methods`` trained through the command line on unseen images (``split``
     "unseen") or on quality.py's full split ("benchmark").
 
@@ -214,7 +223,8 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
         say(f"  {row} ...")
         out = work / "runs" / re.sub(r"\W+", "_", row).strip("_")
         seconds = noisyseg(["train", "--images", work / "train" / "images", "--labels", labels, "--method", method,
-                            *train_args(profile, epochs, lr_schedule, train_seed), "--out", out], log)
+                            *train_args(profile, epochs, lr_schedule, train_seed), *param_args(params, method),
+                            "--out", out], log)
         noisyseg(["predict", "--model", out, "--images", work / "test" / "images", "--out", out / "test"], log)
         result = {"row": row, "method": method, "train_s": round(seconds, 1),
                   "test": _segmentation(evaluate(out / "test", work / "test" / "clean", log))}
@@ -362,6 +372,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="keep the commands' folders here (a new folder)")
     parser.add_argument("--summarise", nargs="+", metavar="JSON", default=None,
                         help="no training: one table over these result files of this script, as --out/--name .md")
+    parser.add_argument("--params", action="append", default=[],
+                        help="METHOD.NAME=VALUE (repeatable): a method parameter for its noisyseg train")
     parser.add_argument("--rows", default=None,
                         help="with --summarise: comma-separated method rows to keep (the ceiling and floor always)")
     args = parser.parse_args(argv)
@@ -372,6 +384,10 @@ def main(argv=None) -> int:
     unknown = [m for m in methods if m not in quality.REGISTRY]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; registered: {sorted(quality.REGISTRY)}")
+    try:
+        params = quality.parse_params(args.params)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         setting, _, profile = one_setting(args.setting)
     except ValueError as error:
@@ -387,7 +403,8 @@ def main(argv=None) -> int:
         parser.error(f"--work {work} is not empty")
     try:
         report.update(run(args.data, args.setting, methods, profile.n_train, args.n_test or profile.n_test,
-                          args.epochs, args.lr_schedule, args.seed, args.train_seed, work, split=args.split))
+                          args.epochs, args.lr_schedule, args.seed, args.train_seed, work, split=args.split,
+                          params=params))
     except (quality.DataError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -97,6 +97,12 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     assert "(train 1 images, test 2)" in unseen.markdown(report)
 
 
+def test_method_params_reach_its_train_command():
+    params = unseen.quality.parse_params(["adele.match_area=true", "coseg.epsilon=0.3"])
+    assert unseen.param_args(params, "adele") == ["--param", "match_area=true"]
+    assert unseen.param_args(params, "coseg") == ["--param", "epsilon=0.3"] and unseen.param_args(params, "baseline") == []
+
+
 def test_bad_arguments_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         unseen.main(["--methods", "nope"])
