@@ -215,6 +215,9 @@ def test_matched_areas_undo_a_size_bias_and_keep_the_shape():
     # Monotone in the original probability: the reweighting moves the boundary, not the shape.
     order = np.argsort(p1.ravel())
     assert np.all(np.diff(matched[0][1].ravel()[order]) >= -1e-6)
+    # By argmax counts: the class wins as many pixels as it is labelled with.
+    matched, _ = match_class_areas(probabilities, targets, masks, tolerance=1e-2, area="argmax")
+    assert abs((matched[0].argmax(0) == 1).sum() / labels.sum() - 1) < 0.03
 
 
 # ----------------------------------------------------------------------------- training

@@ -153,11 +153,12 @@ anchor_onset : bool, default True
     then lie between the given labels and what the network drew when early
     learning ended, so corrections cannot feed on themselves (see the known
     limitation under 2). ``False``: the authors' unbounded accumulation.
-match_area : bool, default False
+match_area : {False, True, "argmax"}, default False
     **(ours)** Before each correction (and the onset anchor), reweight the predicted
-    class probabilities so that every class's expected area over the training set
-    equals its area in the given labels (:func:`match_class_areas`, the prior
-    adjustment of Saerens et al. 2002). A network at the end of early learning
+    class probabilities so that every class's area over the training set equals its
+    area in the given labels (:func:`match_class_areas`; ``True``: the expected
+    area, the prior adjustment of Saerens et al. 2002; ``"argmax"``: the number of
+    pixels each class wins, which is what the correction uses). A network at the end of early learning
     draws small structures too small (it learns their cores first), so its
     confident background erodes them even where the labels are unbiased in area;
     the reweighting removes that size bias and keeps the shape.
@@ -471,11 +472,15 @@ def correction_period(correct_every: int, planned_epochs: int, reference_epochs:
 
 
 def match_class_areas(probabilities: list, targets: np.ndarray, masks: list | None = None,
-                      iterations: int = 200, tolerance: float = 1e-3) -> tuple[list, np.ndarray]:
-    """Reweight class probabilities so that each class's expected area matches ``targets``.
+                      iterations: int = 200, tolerance: float = 1e-3, area: str = "soft") -> tuple[list, np.ndarray]:
+    """Reweight class probabilities so that each class's area matches ``targets``.
 
-    The fixed point of ``w_k ← w_k · target_k / Σ p'_k`` with ``p' ∝ w · p`` (the
-    prior adjustment of Saerens et al., 2002), summed over every sample.
+    ``area="soft"``: the expected area Σ p', the fixed point of ``w_k ← w_k · target_k /
+    Σ p'_k`` with ``p' ∝ w · p`` (the prior adjustment of Saerens et al., 2002).
+    ``area="argmax"``: the number of pixels whose argmax is ``k``, by the same update
+    damped to ``(target_k / count_k)^½`` (the count is a step function of ``w``; the
+    tolerance is then reached only up to the pixels one weight step moves). Summed
+    over every sample.
 
     Parameters
     ----------
@@ -503,15 +508,19 @@ def match_class_areas(probabilities: list, targets: np.ndarray, masks: list | No
         q = p * weights.reshape((n_classes,) + (1,) * (p.ndim - 1))
         return q / np.maximum(q.sum(axis=0, keepdims=True), 1e-12)
 
+    if area not in ("soft", "argmax"):
+        raise ValueError(f"area must be 'soft' or 'argmax', got {area!r}")
     for _ in range(iterations):
-        area = np.zeros(n_classes)
+        measured = np.zeros(n_classes)
         for i, p in enumerate(probabilities):
             q = reweighted(p)
-            area += (q[:, masks[i]] if masks is not None else q.reshape(n_classes, -1)).sum(axis=1)
-        ratio = np.where(area > 0, targets / np.maximum(area, 1e-12), 1.0)
+            q = q[:, masks[i]] if masks is not None else q.reshape(n_classes, -1)
+            measured += (q.sum(axis=1) if area == "soft"
+                         else np.bincount(q.argmax(axis=0), minlength=n_classes)[:n_classes])
+        ratio = np.where(measured > 0, targets / np.maximum(measured, 1e-12), 1.0)
         if np.all(np.abs(ratio - 1.0) < tolerance):
             break
-        weights = weights * ratio
+        weights = weights * (ratio if area == "soft" else np.sqrt(ratio))
         weights = weights / weights.max()
     return [reweighted(p).astype(np.float32) for p in probabilities], weights
 
@@ -594,7 +603,9 @@ class _Corrector:
         counted = [~s.ignore for s in self.dataset.samples]
         targets = sum(np.bincount(s.labels[m].ravel(), minlength=n_classes)[:n_classes]
                       for s, m in zip(self.dataset.samples, counted))
-        matched, weights = match_class_areas(probabilities, targets, counted)
+        area = "argmax" if self.params["match_area"] == "argmax" else "soft"
+        matched, weights = match_class_areas(probabilities, targets, counted, tolerance=1e-3 if area == "soft" else 1e-2,
+                                             area=area)
         self.area_weights.append([float(w) for w in weights])
         return matched
 
@@ -666,6 +677,8 @@ def fit(dataset, config, events=None):
     scales = [float(s) for s in params["scales"]]
     if not scales or not any(math.isclose(s, 1.0) for s in scales) or min(scales) <= 0:
         raise ValueError(f"adele: scales must be positive and include 1.0, got {params['scales']}")
+    if params["match_area"] not in (False, True, "argmax"):
+        raise ValueError(f"adele: match_area must be false, true or \"argmax\", got {params['match_area']!r}")
     scale_one = next(i for i, s in enumerate(scales) if math.isclose(s, 1.0))
     run = TrainingRun(dataset, config, events)
     model, optimizer = run.new_model()
