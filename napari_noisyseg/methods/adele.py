@@ -158,7 +158,16 @@ match_area : {False, True, "argmax"}, default False
     class probabilities so that every class's area over the training set equals its
     area in the given labels (:func:`match_class_areas`; ``True``: the expected
     area, the prior adjustment of Saerens et al. 2002; ``"argmax"``: the number of
-    pixels each class wins, which is what the correction uses). A network at the end of early learning
+    pixels each class wins, which is what the correction uses). Why: on never-seen
+    hippocampus volumes (4 volumes × 200 epochs, cosine, seed 0) class 1 started
+    memorising at IoU 0.5, its corrected labels covered 0.68× the clean class-1
+    area (given 1.01×) and the network trained on them 0.32× on the test volumes
+    (test Dice 0.41). Measured with ``True`` (same regime, seeds 0 / 1 / 2, test
+    Dice against the noisy-trained baseline's): never-seen volumes 0.685 / 0.754 /
+    0.674 against 0.649 / 0.739 / 0.717 (anchor alone 0.554 / 0.697 / 0.648), the
+    benchmark split 0.669 / 0.747 / 0.690 against 0.649 / 0.729 / 0.690 (anchor
+    alone 0.674 / 0.737 / 0.741). Off by default: behind the anchor alone on the
+    split, where it was tried first. ``"argmax"`` is not measured yet. A network at the end of early learning
     draws small structures too small (it learns their cores first), so its
     confident background erodes them even where the labels are unbiased in area;
     the reweighting removes that size bias and keeps the shape.
