@@ -162,12 +162,15 @@ def one_setting(name: str):
     return setting, quality.DATASETS[setting.dataset], quality.PROFILES["full"][setting.dataset]
 
 
+def param_options(values: dict) -> list:
+    """``--param KEY=VALUE`` options (VALUE as JSON) for every item of ``values``."""
+    return [part for key, value in values.items() for part in ("--param", f"{key}={json.dumps(value)}")]
+
+
 def simulate_args(setting) -> list:
     """``noisyseg simulate`` options for ``setting``'s protocol."""
-    args = ["--noise", setting.protocol, "--fraction", setting.fraction, "--severity", setting.severity]
-    for key, value in setting.params.items():
-        args += ["--param", f"{key}={json.dumps(list(value) if isinstance(value, tuple) else value)}"]
-    return args + (["--per-slice"] if setting.per_slice else [])
+    return (["--noise", setting.protocol, "--fraction", setting.fraction, "--severity", setting.severity,
+             *param_options(setting.params)] + (["--per-slice"] if setting.per_slice else []))
 
 
 def train_args(profile, epochs: int, lr_schedule: str, train_seed: int) -> list:
@@ -179,10 +182,7 @@ def train_args(profile, epochs: int, lr_schedule: str, train_seed: int) -> list:
 
 def param_args(params: dict, method: str) -> list:
     """``noisyseg train --param`` options for ``method`` from ``{method: {key: value}}`` (quality.py's --params)."""
-    args = []
-    for key, value in (params or {}).get(method, {}).items():
-        args += ["--param", f"{key}={json.dumps(value)}"]
-    return args
+    return param_options((params or {}).get(method, {}))
 
 
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
