@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -296,10 +297,23 @@ def _per_run(values: list) -> str:
     return " / ".join(f"{v:.3f}" for v in values)
 
 
+def paired_t(differences) -> dict | None:
+    """Student's t of paired differences (one per run) against zero: ``{"t", "p"}`` with the
+    two-sided p-value (n − 1 degrees of freedom), or None for fewer than two runs or no spread.
+
+    The floor moves with each noise draw and training seed as much as any method's mean gain, so
+    a method is compared with the floor of its own run (paired), not with the floor's mean."""
+    differences = np.asarray(differences, dtype=np.float64)
+    if differences.size < 2 or np.std(differences) == 0:
+        return None
+    result = stats.ttest_1samp(differences, 0.0)
+    return {"t": float(result.statistic), "p": float(result.pvalue)}
+
+
 def summary_markdown(reports: list, names: list, rows: list | None = None) -> str:
     """One table over several runs of this benchmark (one setting): per row the mean ± sample std
     of test Dice (each run's value), its paired difference to the floor of the same run (runs
-    above it), Dice(corrected, clean) and noise AP per run. ``rows``: the method rows to keep
+    above it, paired t), Dice(corrected, clean) and noise AP per run. ``rows``: the method rows to keep
     (default all; the ceiling and floor are always kept)."""
     settings = {r["setting"] for r in reports}
     if len(settings) != 1:
@@ -311,8 +325,8 @@ def summary_markdown(reports: list, names: list, rows: list | None = None) -> st
              "Runs: " + ", ".join(f"[{n}]({n}.md)" for n in names) + ".", "",
              f"Dice(noisy, clean) on the training images per run: {_per_run([r['noisy']['dice'] for r in reports])}; "
              f"boundary prior AP {_per_run([r['prior']['ap'] for r in reports])}.", "",
-             "| row | test Dice | per run | per class (mean) | Δ floor (runs above) | Dice corrected, per run "
-             "| AUROC, per run | AP, per run | train s (mean) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| row | test Dice | per run | per class (mean) | Δ floor (runs above) | paired t (p) "
+             "| Dice corrected, per run | AUROC, per run | AP, per run | train s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = [row["row"] for row in reports[0]["rows"]
              if rows is None or row["row"] in (CEILING, FLOOR) or row["row"] in rows]
     for name in order:
@@ -322,22 +336,25 @@ def summary_markdown(reports: list, names: list, rows: list | None = None) -> st
         dice = [row["test"]["dice"] for row in rows]
         paired = name not in (CEILING, FLOOR)
         # The statistics and formats of quality.py's tables (mean ± sample std; Δ floor with runs above).
-        stats = metrics.aggregate_scores([
+        scores = metrics.aggregate_scores([
             {"dice": row["test"]["dice"], "dice_per_class": row["test"]["dice_per_class"], "train_s": row["train_s"],
              **({"dice_minus_floor": row["test"]["dice"] - floor, "above_floor": float(row["test"]["dice"] > floor)}
                 if paired else {})}
             for row, floor in zip(rows, floors)])
-        cells = [name, quality._fmt(stats["dice"]), _per_run(dice), quality._fmt_classes(stats["dice_per_class"]),
-                 quality._fmt_paired(stats).replace("-", "−") if paired else ""]
+        cells = [name, quality._fmt(scores["dice"]), _per_run(dice), quality._fmt_classes(scores["dice_per_class"]),
+                 quality._fmt_paired(scores).replace("-", "−") if paired else ""]
+        test = paired_t([d - f for d, f in zip(dice, floors)]) if paired else None
+        cells.append(f"{test['t']:.2f} ({test['p']:.3f})".replace("-", "−") if test else "")
         if "corrected" in rows[0]:
             cells += [_per_run([row["corrected"]["dice"] for row in rows]),
                       _per_run([row["noise"]["auroc"] for row in rows]), _per_run([row["noise"]["ap"] for row in rows])]
         else:
             cells += ["", "", ""]
-        cells.append(f"{stats['train_s']['mean']:.0f}")
+        cells.append(f"{scores['train_s']['mean']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Each run's table says what the columns hold; the floor's Dice corrected is its argmax. "
-              "Δ floor: test Dice minus the floor's of the same run, mean ± sample std over runs.", ""]
+              "Δ floor: test Dice minus the floor's of the same run, mean ± sample std over runs; paired t: "
+              "Student's t of those differences against zero, with its two-sided p (runs − 1 degrees of freedom).", ""]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,9 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     summary = unseen.summary_markdown([report, second], ["run0", "run1"])
     clcs, floor = result["rows"][2]["test"]["dice"], result["rows"][1]["test"]["dice"]
     delta = [clcs - floor, clcs - floor - 0.25]
-    assert f"({sum(d > 0 for d in delta)}/2)" in summary.split("| clcs |")[1].splitlines()[0]
+    clcs_line = summary.split("| clcs |")[1].splitlines()[0]
+    assert f"({sum(d > 0 for d in delta)}/2)" in clcs_line
+    assert f"{unseen.paired_t(delta)['t']:.2f} (".replace("-", "−") in clcs_line
     assert "0:0, 1:1" in summary and "[run1](run1.md)" in summary
     out = tmp_path / "summary"
     paths = []
@@ -95,6 +98,14 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     report["split"] = {"kind": "benchmark", "train": ["a"], "test": ["b", "c"]}
     assert unseen.markdown(report).startswith("# quality.py's split through the command line")
     assert "(train 1 images, test 2)" in unseen.markdown(report)
+
+
+def test_paired_t_against_zero():
+    # Differences 1, 2, 3: mean 2, sample std 1, t = 2 / (1 / sqrt 3).
+    test = unseen.paired_t([1.0, 2.0, 3.0])
+    assert test["t"] == pytest.approx(2 * np.sqrt(3)) and 0.05 < test["p"] < 0.1
+    assert unseen.paired_t([-1.0, -2.0, -3.0])["t"] == pytest.approx(-2 * np.sqrt(3))
+    assert unseen.paired_t([0.5]) is None and unseen.paired_t([0.1, 0.1]) is None
 
 
 def test_method_params_reach_its_train_command():
