@@ -310,15 +310,26 @@ def paired_t(differences) -> dict | None:
     return {"t": float(result.statistic), "p": float(result.pvalue)}
 
 
+def _paired_text(values: list, references: list) -> str:
+    """``+0.012 ± 0.010 (2/3)``: mean ± sample std of ``values − references`` (paired by run), runs above."""
+    differences = np.asarray(values, dtype=np.float64) - np.asarray(references, dtype=np.float64)
+    text = f"{differences.mean():+.3f}"
+    if differences.size > 1:
+        text += f" ± {differences.std(ddof=1):.3f}"
+    return f"{text} ({int((differences > 0).sum())}/{differences.size})".replace("-", "−")
+
+
 def summary_markdown(reports: list, names: list, rows: list | None = None) -> str:
     """One table over several runs of this benchmark (one setting): per row the mean ± sample std
     of test Dice (each run's value), its paired difference to the floor of the same run (runs
-    above it, paired t), Dice(corrected, clean) and noise AP per run. ``rows``: the method rows to keep
+    above it, paired t), Dice(corrected, clean) per run and its paired difference to the floor's
+    argmax on the training images, noise AUROC and AP per run. ``rows``: the method rows to keep
     (default all; the ceiling and floor are always kept)."""
     settings = {r["setting"] for r in reports}
     if len(settings) != 1:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
     floors = [_floor_dice(r) for r in reports]
+    floor_argmax = [next(row for row in r["rows"] if row["row"] == FLOOR)["corrected"]["dice"] for r in reports]
     seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
     lines = [f"# {_title(reports[0])} through the command line: {settings.pop()}, {len(reports)} runs "
              f"(noise seed:training seed {seeds})", "",
@@ -326,7 +337,8 @@ def summary_markdown(reports: list, names: list, rows: list | None = None) -> st
              f"Dice(noisy, clean) on the training images per run: {_per_run([r['noisy']['dice'] for r in reports])}; "
              f"boundary prior AP {_per_run([r['prior']['ap'] for r in reports])}.", "",
              "| row | test Dice | per run | per class (mean) | Δ floor (runs above) | paired t (p) "
-             "| Dice corrected, per run | AUROC, per run | AP, per run | train s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| Dice corrected, per run | corrected Δ floor's argmax (runs above) | AUROC, per run | AP, per run "
+             "| train s (mean) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = [row["row"] for row in reports[0]["rows"]
              if rows is None or row["row"] in (CEILING, FLOOR) or row["row"] in rows]
     for name in order:
@@ -346,13 +358,15 @@ def summary_markdown(reports: list, names: list, rows: list | None = None) -> st
         test = paired_t([d - f for d, f in zip(dice, floors)]) if paired else None
         cells.append(f"{test['t']:.2f} ({test['p']:.3f})".replace("-", "−") if test else "")
         if "corrected" in rows[0]:
-            cells += [_per_run([row["corrected"]["dice"] for row in rows]),
+            corrected = [row["corrected"]["dice"] for row in rows]
+            cells += [_per_run(corrected), _paired_text(corrected, floor_argmax) if paired else "",
                       _per_run([row["noise"]["auroc"] for row in rows]), _per_run([row["noise"]["ap"] for row in rows])]
         else:
-            cells += ["", "", ""]
+            cells += ["", "", "", ""]
         cells.append(f"{scores['train_s']['mean']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Each run's table says what the columns hold; the floor's Dice corrected is its argmax. "
+    lines += ["", "Each run's table says what the columns hold; the floor's Dice corrected is its argmax on the training "
+              "images, and corrected Δ floor's argmax compares a method's corrected labels with it, run by run. "
               "Δ floor: test Dice minus the floor's of the same run, mean ± sample std over runs; paired t: "
               "Student's t of those differences against zero, with its two-sided p (runs − 1 degrees of freedom).", ""]
     return "\n".join(lines)

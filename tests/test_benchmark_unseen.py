@@ -83,6 +83,9 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     clcs_line = summary.split("| clcs |")[1].splitlines()[0]
     assert f"({sum(d > 0 for d in delta)}/2)" in clcs_line
     assert f"{unseen.paired_t(delta)['t']:.2f} (".replace("-", "−") in clcs_line
+    # Corrected labels against the floor's argmax of the same run (unchanged by the floor's test Dice).
+    corrected = result["rows"][2]["corrected"]["dice"] - result["rows"][1]["corrected"]["dice"]
+    assert f"{corrected:+.3f} ± 0.000 ({2 * int(corrected > 0)}/2)".replace("-", "−") in clcs_line
     assert "0:0, 1:1" in summary and "[run1](run1.md)" in summary
     out = tmp_path / "summary"
     paths = []
