@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import time
 
 import numpy as np
@@ -119,6 +120,15 @@ def test_widgets_appear_through_the_manifest(make_napari_viewer):
         assert "CPU" in train.device_note.text() and not train.device_note.isHidden()
     assert train.advanced.isHidden()  # advanced settings start collapsed
     assert not train.train_button.isEnabled()  # no layers to pick yet
+    # Each method's defaults, shown as the parameters' placeholder, read back as themselves.
+    from napari_noisyseg.methods import get_method
+    from napari_noisyseg.widgets.train import parse_params
+
+    for index, name in enumerate(methods):
+        train.method.setCurrentIndex(index)
+        defaults = json.loads(json.dumps(getattr(get_method(name), "DEFAULTS", {}) or {}))
+        if defaults:
+            assert parse_params(train.params.placeholderText()) == defaults, name
 
 
 # ----------------------------------------------------------------------------- training

@@ -49,6 +49,12 @@ MODE_LABELS = {
 }
 
 
+def params_text(params: dict) -> str:
+    """``{"a": True, "b": [1, 2]}`` → ``"a=true, b=[1, 2]"``: what :func:`parse_params` reads back
+    (JSON values, so a default copied from the placeholder means what it says)."""
+    return ", ".join(f"{key}={json.dumps(value)}" for key, value in params.items())
+
+
 def parse_params(text: str) -> dict:
     """``"a=1, b=0.5, c=name"`` → ``{"a": 1, "b": 0.5, "c": "name"}`` (JSON values where they parse).
 
@@ -242,7 +248,7 @@ class TrainWidget(QWidget):
         module = get_method(name)
         self.method_summary.setText(module.SUMMARY)
         defaults = getattr(module, "DEFAULTS", {}) or {}
-        self.params.setPlaceholderText(", ".join(f"{k}={v}" for k, v in defaults.items()) or "(none)")
+        self.params.setPlaceholderText(params_text(defaults) or "(none)")
 
     def _update_device_note(self) -> None:
         try:
