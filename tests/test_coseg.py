@@ -204,6 +204,22 @@ def test_deterministic_with_seed_and_pixel_mode_keeps_trust(crops):
     assert np.array_equal(first.sample_reliability, second.sample_reliability)
 
 
+def test_match_area_reweights_each_network_and_keeps_trust(crops):
+    trust = [np.zeros(labels.shape, bool) for labels in crops["noisy"]]
+    trust[0][:, 40:64] = True
+    dataset = _dataset(crops, trust=trust).subset([0, 1, 4, 5])
+    result = coseg.fit(dataset, _config(2, match_area=True))
+    weights = result.history["area_weights"]
+    for name in ("f", "g"):  # one weight per class, the largest 1 (only ratios matter)
+        assert len(weights[name]) == dataset.n_classes and max(weights[name]) == pytest.approx(1.0)
+        assert min(weights[name]) > 0
+    sample = dataset.samples[0]
+    assert np.array_equal(result.corrected[0][sample.trust], sample.labels[sample.trust])
+    assert coseg.fit(dataset, _config(1)).history["area_weights"] is None  # off by default
+    with pytest.raises(ValueError, match="match_area"):
+        coseg.check_params(dict(coseg.DEFAULTS, match_area="argmax"))
+
+
 def test_refit_warm_starts(crops):
     dataset = _dataset(crops).subset([0, 1, 4, 5])
     first = coseg.fit(dataset, _config(2))

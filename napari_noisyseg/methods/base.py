@@ -228,6 +228,76 @@ def unlearnt_pixels(learnt: np.ndarray, labels: np.ndarray, predicted: np.ndarra
     return ~learnt[labels] | ~learnt[predicted]
 
 
+def given_class_areas(dataset) -> tuple[np.ndarray, list]:
+    """Each class's area in the given labels, over every sample's labelled pixels.
+
+    Returns
+    -------
+    areas : ndarray int64 (K,)
+        Pixels of each class (ignored pixels left out).
+    counted : list of ndarray bool, per sample
+        The pixels counted (``~ignore``), for :func:`match_class_areas`'s ``masks``.
+    """
+    counted = [~s.ignore for s in dataset.samples]
+    areas = sum(np.bincount(s.labels[m].ravel(), minlength=dataset.n_classes)[:dataset.n_classes]
+                for s, m in zip(dataset.samples, counted))
+    return np.asarray(areas, np.int64), counted
+
+
+def match_class_areas(probabilities: list, targets: np.ndarray, masks: list | None = None,
+                      iterations: int = 200, tolerance: float = 1e-3, area: str = "soft") -> tuple[list, np.ndarray]:
+    """Reweight class probabilities so that each class's area matches ``targets``.
+
+    ``area="soft"``: the expected area Σ p', the fixed point of ``w_k ← w_k · target_k /
+    Σ p'_k`` with ``p' ∝ w · p`` (the prior adjustment of Saerens et al., 2002).
+    ``area="argmax"``: the number of pixels whose argmax is ``k``, by the same update
+    damped to ``(target_k / count_k)^½`` (the count is a step function of ``w``; the
+    tolerance is then reached only up to the pixels one weight step moves). Summed
+    over every sample.
+
+    Parameters
+    ----------
+    probabilities : list of ndarray, float (K, ...)
+        Per sample, class probabilities (summing to 1 over axis 0).
+    targets : ndarray, float (K,)
+        The wanted area (pixels) of each class over all samples.
+    masks : list of ndarray of bool (...), optional
+        Per sample, the pixels that count (default all).
+    iterations : int
+    tolerance : float
+        Stop once every class's area is within this relative distance of its target.
+
+    Returns
+    -------
+    reweighted : list of ndarray, float32 (K, ...)
+    weights : ndarray, float64 (K,)
+        The class weights applied (1 for a class whose predicted area is 0).
+    """
+    if area not in ("soft", "argmax"):
+        raise ValueError(f"area must be 'soft' or 'argmax', got {area!r}")
+    n_classes = probabilities[0].shape[0]
+    targets = np.asarray(targets, np.float64)
+    weights = np.ones(n_classes)
+
+    def reweighted(p):
+        q = p * weights.reshape((n_classes,) + (1,) * (p.ndim - 1))
+        return q / np.maximum(q.sum(axis=0, keepdims=True), 1e-12)
+
+    for _ in range(iterations):
+        measured = np.zeros(n_classes)
+        for i, p in enumerate(probabilities):
+            q = reweighted(p)
+            q = q[:, masks[i]] if masks is not None else q.reshape(n_classes, -1)
+            measured += (q.sum(axis=1) if area == "soft"
+                         else np.bincount(q.argmax(axis=0), minlength=n_classes)[:n_classes])
+        ratio = np.where(measured > 0, targets / np.maximum(measured, 1e-12), 1.0)
+        if np.all(np.abs(ratio - 1.0) < tolerance):
+            break
+        weights = weights * (ratio if area == "soft" else np.sqrt(ratio))
+        weights = weights / weights.max()
+    return [reweighted(p).astype(np.float32) for p in probabilities], weights
+
+
 def result_from_run(run, probabilities, noise, corrected, models, final_model="model", reliability=None,
                     history_extra=None) -> CurationResult:
     """Package a finished :class:`~napari_noisyseg.engine.train.TrainingRun` as a :class:`CurationResult`.

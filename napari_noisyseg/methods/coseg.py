@@ -186,6 +186,14 @@ keep_background_only : bool
     (hippocampus slices) small-loss selection otherwise drops almost only the
     patches that show the structures. Patches cannot hide a missed annotation
     there, since neither network sees foreground in them.
+match_area : bool
+    **(ours)** Before the stage-3 correction, reweight ``f``'s and ``g``'s class
+    probabilities (each on its own) so that every class's expected area over the
+    training set equals its area in the given labels (ADELE's ``match_area``,
+    :func:`~napari_noisyseg.methods.base.match_class_areas`); the weights are in
+    ``history["area_weights"]``. The learnt classes, the noise map and the
+    fallback predictions use the networks' own probabilities. Off (False): not
+    measured enough yet to be a default (see the README's Co-Seg notes).
 refine_tau : float
     **(ours)** Confidence of the final network above which its argmax replaces the
     stage-1 correction in ``corrected`` (0.6; below it the pixel keeps the stage-1
@@ -230,7 +238,8 @@ Outputs
   (Dice(f, g)) and ``label_dice`` (Dice(prediction, given)), ``stage1_epochs``,
   ``stage4_epochs``, ``t_k``, ``final_from`` (``"final"`` or ``"f+g"``),
   ``stage4_start`` (``"fresh"``, ``"f"`` or ``"previous"``), ``stage1_class_iou``
-  (per class, f + g against the given labels on the reliable subset),
+  (per class, f + g against the given labels on the reliable subset), ``area_weights``
+  (``match_area``: the class weights of f and g, else None),
   ``stage1_class_agreement`` (per class, Dice between f's and g's argmax) and
   ``learnt_classes``.
 
@@ -263,8 +272,8 @@ from torch.nn import functional as F
 from ..core import metrics
 from ..engine.losses import ce_dice_per_sample, ce_map, per_sample
 from ..engine.train import TrainingRun
-from .base import (class_iou, learnt_class_ids, learnt_classes, noise_from_probabilities, pooled_valid,
-                   result_from_run, unlearnt_pixels)
+from .base import (class_iou, given_class_areas, learnt_class_ids, learnt_classes, match_class_areas,
+                   noise_from_probabilities, pooled_valid, result_from_run, unlearnt_pixels)
 
 NAME = "coseg"
 SUMMARY = "Co-Seg (default): two U-Nets co-teach, correct the rest, retrain; co-teaching adds 60 % epochs."
@@ -284,6 +293,7 @@ DEFAULTS: dict = {
     "refine_tau": 0.6,
     "keep_background_only": True,
     "learnt_iou": 0.5,
+    "match_area": False,
 }
 
 GRANULARITIES = ("pixel", "image")
@@ -322,6 +332,8 @@ def check_params(params: dict) -> dict:
             raise ValueError(f"{key} must be in [0.5, 1], not {params[key]}")
     if int(params["reliable_window"]) < 1:
         raise ValueError("reliable_window must be >= 1")
+    if params["match_area"] not in (False, True):
+        raise ValueError(f"match_area must be false or true, not {params['match_area']!r}")
     return params
 
 
@@ -834,8 +846,14 @@ def _stage1_outputs(run, dataset, params, record, model_f, model_g):
 
     out = {"probs_f": probs_f, "probs_g": probs_g, "reliable": reliable, "corrected": [], "confident": [],
            "frozen": [], "dice_fg": [], "joined": np.zeros(len(dataset), bool),
-           "class_iou": iou, "class_agreement": agreement, "learnt": learnt}
-    for i, (pf, pg, sample) in enumerate(zip(probs_f, probs_g, dataset.samples)):
+           "class_iou": iou, "class_agreement": agreement, "learnt": learnt, "area_weights": None}
+    rule_f, rule_g = probs_f, probs_g
+    if params["match_area"]:  # the correction sees each network's classes at the given labels' areas
+        areas, counted = given_class_areas(dataset)
+        rule_f, weights_f = match_class_areas(probs_f, areas, counted)
+        rule_g, weights_g = match_class_areas(probs_g, areas, counted)
+        out["area_weights"] = {"f": [float(w) for w in weights_f], "g": [float(w) for w in weights_g]}
+    for i, (pf, pg, sample) in enumerate(zip(rule_f, rule_g, dataset.samples)):
         # A class f and g have not learnt keeps its given labels: neither corrected nor ignored.
         frozen = sample.trust | sample.ignore | unlearnt_pixels(learnt, sample.labels, predicted[i])
         corrected, confident, dice_fg = correct_sample(pf, pg, sample.labels, frozen, params["tau"])
@@ -998,6 +1016,7 @@ def _finish(run, dataset, params, record, model_f, model_g, stage4, state):
         "stage1_class_iou": metrics.to_json_safe(stage1["class_iou"]),
         "stage1_class_agreement": metrics.to_json_safe(stage1["class_agreement"]),
         "learnt_classes": learnt_class_ids(stage1["learnt"]),
+        "area_weights": stage1["area_weights"],
         "reliable_samples": [n for n, r in zip(names, stage1["reliable"]) if r],
         "joined_samples": [n for n, j in zip(names, stage1["joined"]) if j],
         "rejected_samples": [n for n, r in zip(names, rejected) if r],
