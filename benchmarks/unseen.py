@@ -311,12 +311,15 @@ def paired_t(differences) -> dict | None:
 
 
 def _paired_text(values: list, references: list) -> str:
-    """``+0.012 ± 0.010 (2/3)``: mean ± sample std of ``values − references`` (paired by run), runs above."""
+    """``+0.012 ± 0.010 (2/3; t 2.08, p 0.173)``: mean ± sample std of ``values − references``
+    (paired by run), runs above, and their paired t where there is one."""
     differences = np.asarray(values, dtype=np.float64) - np.asarray(references, dtype=np.float64)
     text = f"{differences.mean():+.3f}"
     if differences.size > 1:
         text += f" ± {differences.std(ddof=1):.3f}"
-    return f"{text} ({int((differences > 0).sum())}/{differences.size})".replace("-", "−")
+    test = paired_t(differences)
+    above = f"{int((differences > 0).sum())}/{differences.size}"
+    return (f"{text} ({above}; t {test['t']:.2f}, p {test['p']:.3f})" if test else f"{text} ({above})").replace("-", "−")
 
 
 def summary_markdown(reports: list, names: list, rows: list | None = None) -> str:
@@ -337,7 +340,7 @@ def summary_markdown(reports: list, names: list, rows: list | None = None) -> st
              f"Dice(noisy, clean) on the training images per run: {_per_run([r['noisy']['dice'] for r in reports])}; "
              f"boundary prior AP {_per_run([r['prior']['ap'] for r in reports])}.", "",
              "| row | test Dice | per run | per class (mean) | Δ floor (runs above) | paired t (p) "
-             "| Dice corrected, per run | corrected Δ floor's argmax (runs above) | AUROC, per run | AP, per run "
+             "| Dice corrected, per run | corrected Δ floor's argmax (runs above; paired t) | AUROC, per run | AP, per run "
              "| train s (mean) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = [row["row"] for row in reports[0]["rows"]
              if rows is None or row["row"] in (CEILING, FLOOR) or row["row"] in rows]
