@@ -241,9 +241,14 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     return {"split": chosen, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
 
 
+def _floor_row(report: dict) -> dict:
+    """A run's floor row."""
+    return next(row for row in report["rows"] if row["row"] == FLOOR)
+
+
 def _floor_dice(report: dict) -> float:
     """Test Dice of a run's floor row."""
-    return next(row for row in report["rows"] if row["row"] == FLOOR)["test"]["dice"]
+    return _floor_row(report)["test"]["dice"]
 
 
 def _classes(values) -> str:
@@ -311,15 +316,15 @@ def paired_t(differences) -> dict | None:
 
 
 def _paired_text(values: list, references: list) -> str:
-    """``+0.012 ± 0.010 (2/3; t 2.08, p 0.173)``: mean ± sample std of ``values − references``
-    (paired by run), runs above, and their paired t where there is one."""
-    differences = np.asarray(values, dtype=np.float64) - np.asarray(references, dtype=np.float64)
-    text = f"{differences.mean():+.3f}"
-    if differences.size > 1:
-        text += f" ± {differences.std(ddof=1):.3f}"
+    """``+0.012 ± 0.010 (2/3; t 2.08, p 0.173)``: quality.py's paired format (mean ± sample std of
+    ``values − references``, paired by run, and runs above) with their paired t where there is one."""
+    differences = [v - r for v, r in zip(values, references)]
+    text = quality._fmt_paired(metrics.aggregate_scores(
+        [{"dice_minus_floor": d, "above_floor": float(d > 0)} for d in differences]))
     test = paired_t(differences)
-    above = f"{int((differences > 0).sum())}/{differences.size}"
-    return (f"{text} ({above}; t {test['t']:.2f}, p {test['p']:.3f})" if test else f"{text} ({above})").replace("-", "−")
+    if test:  # inside the parentheses that close quality.py's "(runs above)"
+        text = f"{text[:-1]}; t {test['t']:.2f}, p {test['p']:.3f})"
+    return text.replace("-", "−")
 
 
 def summary_markdown(reports: list, names: list, rows: list | None = None) -> str:
@@ -332,7 +337,7 @@ def summary_markdown(reports: list, names: list, rows: list | None = None) -> st
     if len(settings) != 1:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
     floors = [_floor_dice(r) for r in reports]
-    floor_argmax = [next(row for row in r["rows"] if row["row"] == FLOOR)["corrected"]["dice"] for r in reports]
+    floor_argmax = [_floor_row(r)["corrected"]["dice"] for r in reports]
     seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
     lines = [f"# {_title(reports[0])} through the command line: {settings.pop()}, {len(reports)} runs "
              f"(noise seed:training seed {seeds})", "",
