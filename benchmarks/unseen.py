@@ -59,6 +59,7 @@ SCRIPT = "benchmarks/unseen.py"
 OWN_RESULTS = re.compile(r"benchmarks/results/unseen[^/]*$")
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "build", "dist"}
 CEILING, FLOOR = "ceiling (clean)", "floor (noisy)"
+RETRAIN = " → retrain"  # suffix of a row trained afresh on another row's corrected labels
 
 
 def tracked_files(root: Path) -> list:
@@ -188,9 +189,14 @@ def param_args(params: dict, method: str) -> list:
 
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
         seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT, split: str = "unseen",
-        params: dict | None = None) -> dict:
+        params: dict | None = None, retrain: bool = False) -> dict:
     """Ceiling, floor and ``methods`` trained through the command line on unseen images (``split``
     "unseen") or on quality.py's full split ("benchmark").
+
+    ``retrain``: after the floor and after each method, a fresh ``baseline`` trained with the same
+    budget and seed on that run's ``corrected/`` labels (row ``"<row> → retrain"``): what a user
+    gets who accepts every proposed correction and trains again (the floor's corrected labels
+    are its argmax, so its retrain row is plain self-training, the reference for the others).
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
     (mean over foreground classes, and per class) and, for every run on the noisy labels,
@@ -219,10 +225,14 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     noisy = _segmentation(evaluate(sim / "labels", work / "train" / "clean", log))
     prior = prior_detection(sim / "labels", sim / "noise_mask", setting.per_slice)
     rows = []
-    for row, method, labels in [(CEILING, "baseline", work / "train" / "clean"), (FLOOR, "baseline", sim / "labels"),
-                                *[(m, m, sim / "labels") for m in methods]]:
+    queue = [(CEILING, "baseline", work / "train" / "clean"), (FLOOR, "baseline", sim / "labels"),
+             *[(m, m, sim / "labels") for m in methods]]
+    while queue:
+        row, method, labels = queue.pop(0)
         say(f"  {row} ...")
         out = work / "runs" / re.sub(r"\W+", "_", row).strip("_")
+        if retrain and row != CEILING and not row.endswith(RETRAIN):
+            queue.insert(0, (row + RETRAIN, "baseline", out / "corrected"))
         seconds = noisyseg(["train", "--images", work / "train" / "images", "--labels", labels, "--method", method,
                             *train_args(profile, epochs, lr_schedule, train_seed), *param_args(params, method),
                             "--out", out], log)
@@ -413,6 +423,9 @@ def main(argv=None) -> int:
                         help="no training: one table over these result files of this script, as --out/--name .md")
     parser.add_argument("--params", action="append", default=[],
                         help="METHOD.NAME=VALUE (repeatable): a method parameter for its noisyseg train")
+    parser.add_argument("--retrain", action="store_true",
+                        help="after the floor and each method, train a fresh baseline on its corrected labels "
+                             "(every proposal accepted) with the same budget: rows '<row> → retrain'")
     parser.add_argument("--rows", default=None,
                         help="with --summarise: comma-separated method rows to keep (the ceiling and floor always)")
     args = parser.parse_args(argv)
@@ -443,7 +456,7 @@ def main(argv=None) -> int:
     try:
         report.update(run(args.data, args.setting, methods, profile.n_train, args.n_test or profile.n_test,
                           args.epochs, args.lr_schedule, args.seed, args.train_seed, work, split=args.split,
-                          params=params))
+                          params=params, retrain=args.retrain))
     except (quality.DataError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
