@@ -622,7 +622,8 @@ def evaluate_folders(pred_dir, truth_dir, noise_dir=None, noise_truth_dir=None) 
     pairs = io.pair_files(pred_dir, truth_dir)
     preds, truths, spacing = [], [], None
     for _, pred_path, truth_path in pairs:
-        pred, _ = io.read_labels(pred_path)
+        # A prediction with no background is a bad model's output to score, not an inverted mask.
+        pred, _ = io.read_labels(pred_path, allow_full=True)
         truth, meta = io.read_labels(truth_path)
         if pred.shape != truth.shape:
             raise io.InputError(f"{pred_path}: shape {pred.shape} differs from {truth_path} {truth.shape}")

@@ -38,24 +38,32 @@ def test_the_repository_names_its_sample_volumes():
     assert named == {"hippocampus_148", "hippocampus_165"}
 
 
-def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
+def _unnamed_volumes(tmp_path) -> None:
+    """``tmp_path/data/hippocampus``: two volumes under names no file of the repository holds
+    (built, not written here), plus one under a name it does."""
     if not (SAMPLE / "labels_clean").is_dir():
         pytest.fail("sample_data/hippocampus is missing; run `python sample_data/make_sample_data.py`")
     data = tmp_path / "data" / "hippocampus"
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)
-    # Names no file of the repository holds (built, not written here), plus one it does.
     copies = {f"vol_{i}{i}x": source for i, source in enumerate(["hippocampus_148", "hippocampus_165"])}
     copies["hippocampus_148"] = "hippocampus_148"
     for name, source in copies.items():
         shutil.copy(SAMPLE / "images" / f"{source}.nii.gz", data / "images" / f"{name}.nii.gz")
         shutil.copy(SAMPLE / "labels_clean" / f"{source}.nii.gz", data / "masks" / f"{name}.nii.gz")
+
+
+def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
+    _unnamed_volumes(tmp_path)
     said = []
+    work = tmp_path / "work"
+    # --retrain as well: its rows ride on this run's floor and method (one run, five trainings).
     result = unseen.run(tmp_path / "data", "hippocampus/erode_dilate", ["clcs"], 1, 1, 1, "cosine", 0, 0,
-                        tmp_path / "work", say=said.append)
+                        work, say=said.append, retrain=True)
     assert result["split"]["n_unseen"] == 2 and "hippocampus_148" not in result["split"]["train"] + \
         result["split"]["test"]
-    assert [r["row"] for r in result["rows"]] == [unseen.CEILING, unseen.FLOOR, "clcs"]
+    floor_retrain, clcs_retrain = unseen.FLOOR + unseen.RETRAIN, "clcs" + unseen.RETRAIN
+    assert [r["row"] for r in result["rows"]] == [unseen.CEILING, unseen.FLOOR, floor_retrain, "clcs", clcs_retrain]
     assert 0.0 < result["noisy"]["dice"] < 1.0  # the simulator corrupted the training labels
     assert 0.0 < result["prior"]["ap"] < 1.0
     for row in result["rows"]:
@@ -63,7 +71,11 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     for row in result["rows"][1:]:
         assert 0.0 <= row["corrected"]["dice"] <= 1.0 and 0.0 <= row["noise"]["auroc"] <= 1.0
     commands = [c["command"].split()[1] for c in result["commands"]]
-    assert commands.count("train") == 3 and commands.count("predict") == 3 and commands[0] == "simulate"
+    assert commands.count("train") == 5 and commands.count("predict") == 5 and commands[0] == "simulate"
+    # Each retrain row is a baseline on the preceding run's corrected labels, never on the noisy ones.
+    trains = [c["command"] for c in result["commands"] if c["command"].split()[1] == "train"]
+    for command, source in ((trains[2], "floor_noisy"), (trains[4], "clcs")):
+        assert "--method baseline" in command and f"--labels {work / 'runs' / source / 'corrected'} " in command
     assert all(c["returncode"] == 0 for c in result["commands"])
     # The folders the commands wrote: a user's run, readable by the plugin.
     assert (tmp_path / "work" / "runs" / "clcs" / "model.safetensors").is_file()
@@ -71,22 +83,26 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     report = {**unseen.quality.run_metadata([], unseen.SCRIPT), "setting": "hippocampus/erode_dilate", "seed": 0,
               "train_seed": 0, "epochs": 1, "lr_schedule": "cosine", "n_train": 1, **result}
     table = unseen.markdown(report)
-    assert table.count("\n| ") == 4 and "| clcs |" in table
+    assert table.count("\n| ") == 6 and "| clcs |" in table and f"| {clcs_retrain} |" in table
     json.dumps(report)
     # Several runs: each method paired with the floor of its own run.
     second = json.loads(json.dumps(report))
     second["seed"] = second["train_seed"] = 1
     second["rows"][1]["test"]["dice"] += 0.25
     summary = unseen.summary_markdown([report, second], ["run0", "run1"])
-    clcs, floor = result["rows"][2]["test"]["dice"], result["rows"][1]["test"]["dice"]
+    clcs, floor = result["rows"][3]["test"]["dice"], result["rows"][1]["test"]["dice"]
     delta = [clcs - floor, clcs - floor - 0.25]
     clcs_line = summary.split("| clcs |")[1].splitlines()[0]
     assert f"({sum(d > 0 for d in delta)}/2)" in clcs_line
     assert f"{unseen.paired_t(delta)['t']:.2f} (".replace("-", "−") in clcs_line
     # Corrected labels against the floor's argmax of the same run (unchanged by the floor's test Dice).
-    corrected = result["rows"][2]["corrected"]["dice"] - result["rows"][1]["corrected"]["dice"]
+    corrected = result["rows"][3]["corrected"]["dice"] - result["rows"][1]["corrected"]["dice"]
     assert f"{corrected:+.3f} ± 0.000 ({2 * int(corrected > 0)}/2)".replace("-", "−") in clcs_line
     assert "0:0, 1:1" in summary and "[run1](run1.md)" in summary
+    # A retrain row is paired with its run's floor as a method row is.
+    retrained = result["rows"][4]["test"]["dice"] - floor
+    retrain_line = summary.split(f"| {clcs_retrain} |")[1].splitlines()[0]
+    assert f"({int(retrained > 0) + int(retrained - 0.25 > 0)}/2)" in retrain_line
     out = tmp_path / "summary"
     paths = []
     for name, r in (("a", report), ("b", second)):

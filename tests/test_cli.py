@@ -186,6 +186,20 @@ def test_evaluate_report(pipeline_2d, capsys):
     assert code == 0 and "mean foreground Dice: 1.0000" in out
 
 
+def test_evaluate_scores_an_all_foreground_prediction_and_refuses_such_truth(pipeline_2d, tmp_path, capsys):
+    full = tmp_path / "full"
+    truth_paths = sorted(Path(pipeline_2d["labels"]).iterdir())
+    for path in truth_paths:  # what a network that never learnt background predicts
+        labels, meta = io.read_array(path)
+        io.write_labels(full / f"{path.name.split('.')[0]}.tif", np.ones_like(labels), meta)
+    code, out, err = run_cli(capsys, "evaluate", "--pred", full, "--truth", pipeline_2d["labels"])
+    assert code == 0, err
+    dice = float(out.split("mean foreground Dice: ")[1].split()[0])
+    assert 0.0 < dice < 0.9  # scored, and scored as the bad prediction it is
+    code, _, err = run_cli(capsys, "evaluate", "--pred", pipeline_2d["labels"], "--truth", full)
+    assert code != 0 and "all foreground" in err and "full" in err
+
+
 # ----------------------------------------------------------------------------- 3D
 
 
