@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/unseen.py --data ../shared/data --setting hippocampus/erode_dilate \
         --methods clcs,distill,cleansing,coseg,adele --n-train 4 --epochs 200 --lr-schedule cosine \
-        [--seed 0] [--train-seed 0] [--name NAME]
+        [--seed 0] [--train-seed 0] [--retrain] [--name NAME]
 
 Every other benchmark trains through the Python API on a split chosen by sorted stem, and
 the earlier sessions chose budgets and settings while looking at those splits' numbers.
@@ -23,6 +23,11 @@ as a user would:
    the clean training labels beside the noisy labels' own Dice, and of its ``noise/``
    maps against the simulator's true noise mask (AUROC / AP); the boundary prior
    (``exp(-d/3)`` to the nearest noisy-label edge, no learning) is the AP to beat.
+
+``--retrain`` adds, after the floor and after each method, ``noisyseg train --method baseline``
+on that run's ``corrected/`` with the same budget and seed, predicted and scored like the
+others: the user who accepts every proposed correction and trains again. The floor's
+``corrected/`` is its argmax, so its retrain row is self-training, the reference for the rest.
 
 ``--split benchmark`` runs the same commands on quality.py's full split instead, for a data
 set with no unnamed images (every BBBC039 image is in that split); its tables say so.
