@@ -256,9 +256,13 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     return {"split": chosen, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
 
 
-def _floor_row(report: dict) -> dict:
-    """A run's floor row."""
-    return next(row for row in report["rows"] if row["row"] == FLOOR)
+def _floor_row(report: dict, name: str = FLOOR) -> dict:
+    """A run's floor row (or its row ``name``: the reference of a summary's paired columns)."""
+    found = next((row for row in report["rows"] if row["row"] == name), None)
+    if found is None:
+        raise ValueError(f"run {report.get('name', '?')!r} has no row {name!r} "
+                         f"(rows: {', '.join(row['row'] for row in report['rows'])})")
+    return found
 
 
 def _floor_dice(report: dict) -> float:
@@ -342,34 +346,37 @@ def _paired_text(values: list, references: list) -> str:
     return text.replace("-", "−")
 
 
-def summary_markdown(reports: list, names: list, rows: list | None = None) -> str:
+def summary_markdown(reports: list, names: list, rows: list | None = None, against: str = FLOOR) -> str:
     """One table over several runs of this benchmark (one setting): per row the mean ± sample std
     of test Dice (each run's value), its paired difference to the floor of the same run (runs
     above it, paired t), Dice(corrected, clean) per run and its paired difference to the floor's
     argmax on the training images, noise AUROC and AP per run. ``rows``: the method rows to keep
-    (default all; the ceiling and floor are always kept)."""
+    (default all; the ceiling and floor are always kept). ``against``: the row every paired
+    column compares with instead of the floor (e.g. ``"floor (noisy) → retrain"``; kept too)."""
     settings = {r["setting"] for r in reports}
     if len(settings) != 1:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
-    floors = [_floor_dice(r) for r in reports]
-    floor_argmax = [_floor_row(r)["corrected"]["dice"] for r in reports]
+    floors = [_floor_row(r, against)["test"]["dice"] for r in reports]
+    floor_argmax = [_floor_row(r, against)["corrected"]["dice"] for r in reports]
+    # The default's wording is the committed summaries'; another reference is named in full.
+    ref, ref_corrected = ("floor", "floor's argmax") if against == FLOOR else (f"`{against}`",) * 2
     seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
     lines = [f"# {_title(reports[0])} through the command line: {settings.pop()}, {len(reports)} runs "
              f"(noise seed:training seed {seeds})", "",
              "Runs: " + ", ".join(f"[{n}]({n}.md)" for n in names) + ".", "",
              f"Dice(noisy, clean) on the training images per run: {_per_run([r['noisy']['dice'] for r in reports])}; "
              f"boundary prior AP {_per_run([r['prior']['ap'] for r in reports])}.", "",
-             "| row | test Dice | per run | per class (mean) | Δ floor (runs above) | paired t (p) "
-             "| Dice corrected, per run | corrected Δ floor's argmax (runs above; paired t) | AUROC, per run | AP, per run "
+             f"| row | test Dice | per run | per class (mean) | Δ {ref} (runs above) | paired t (p) "
+             f"| Dice corrected, per run | corrected Δ {ref_corrected} (runs above; paired t) | AUROC, per run | AP, per run "
              "| train s (mean) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = [row["row"] for row in reports[0]["rows"]
-             if rows is None or row["row"] in (CEILING, FLOOR) or row["row"] in rows]
+             if rows is None or row["row"] in (CEILING, FLOOR, against) or row["row"] in rows]
     for name in order:
         rows = [next((row for row in r["rows"] if row["row"] == name), None) for r in reports]
         if any(row is None for row in rows):
             continue
         dice = [row["test"]["dice"] for row in rows]
-        paired = name not in (CEILING, FLOOR)
+        paired = name not in (CEILING, against)
         # The statistics and formats of quality.py's tables (mean ± sample std; Δ floor with runs above).
         scores = metrics.aggregate_scores([
             {"dice": row["test"]["dice"], "dice_per_class": row["test"]["dice_per_class"], "train_s": row["train_s"],
@@ -392,14 +399,17 @@ def summary_markdown(reports: list, names: list, rows: list | None = None) -> st
               "images, and corrected Δ floor's argmax compares a method's corrected labels with it, run by run. "
               "Δ floor: test Dice minus the floor's of the same run, mean ± sample std over runs; paired t: "
               "Student's t of those differences against zero, with its two-sided p (runs − 1 degrees of freedom).", ""]
+    if against != FLOOR:
+        lines += [f"Here every Δ column compares with the row `{against}` of the same run instead of the floor "
+                  "(its test Dice, and its Dice corrected in place of the floor's argmax).", ""]
     return "\n".join(lines)
 
 
-def summarise(paths: list, out, name: str, rows: list | None = None) -> int:
+def summarise(paths: list, out, name: str, rows: list | None = None, against: str = FLOOR) -> int:
     """Write ``<out>/<name>.md`` summarising the unseen.py result files ``paths`` (no training)."""
     try:
-        reports = [json.loads(Path(p).read_text()) for p in paths]
-        table = summary_markdown(reports, [Path(p).stem for p in paths], rows)
+        reports = [{"name": Path(p).stem, **json.loads(Path(p).read_text())} for p in paths]
+        table = summary_markdown(reports, [Path(p).stem for p in paths], rows, against)
     except (OSError, ValueError, KeyError, StopIteration) as error:
         print(f"error: cannot summarise {paths}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -431,12 +441,15 @@ def main(argv=None) -> int:
     parser.add_argument("--retrain", action="store_true",
                         help="after the floor and each method, train a fresh baseline on its corrected labels "
                              "(every proposal accepted) with the same budget: rows '<row> → retrain'")
+    parser.add_argument("--against", default=FLOOR,
+                        help=f"with --summarise: the row the paired columns compare with (default {FLOOR!r}; "
+                             f"e.g. {FLOOR + RETRAIN!r})")
     parser.add_argument("--rows", default=None,
                         help="with --summarise: comma-separated method rows to keep (the ceiling and floor always)")
     args = parser.parse_args(argv)
     if args.summarise:
         rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
-        return summarise(args.summarise, args.out, args.name, rows)
+        return summarise(args.summarise, args.out, args.name, rows, args.against)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in quality.REGISTRY]
     if unknown:

@@ -53,7 +53,7 @@ def _unnamed_volumes(tmp_path) -> None:
         shutil.copy(SAMPLE / "labels_clean" / f"{source}.nii.gz", data / "masks" / f"{name}.nii.gz")
 
 
-def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
+def test_commands_end_to_end_on_unnamed_volumes(tmp_path, capsys):
     _unnamed_volumes(tmp_path)
     said = []
     work = tmp_path / "work"
@@ -113,6 +113,16 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path):
     assert unseen.main(["--summarise", *map(str, paths), "--rows", "distill", "--out", str(out), "--name", "t"]) == 0
     kept = (out / "t.md").read_text()
     assert "| clcs |" not in kept and f"| {unseen.FLOOR} |" in kept and f"| {unseen.CEILING} |" in kept
+    # --against: the paired columns compare with another row of the same run (here the floor's self-training).
+    assert unseen.main(["--summarise", *map(str, paths), "--against", floor_retrain, "--rows", clcs_retrain,
+                        "--out", str(out), "--name", "u"]) == 0
+    against = (out / "u.md").read_text()
+    over_self_training = result["rows"][4]["test"]["dice"] - result["rows"][2]["test"]["dice"]
+    line = against.split(f"| {clcs_retrain} |")[1].splitlines()[0]
+    assert f"{over_self_training:+.3f} ± 0.000".replace("-", "−") in line and f"Δ `{floor_retrain}`" in against
+    assert "| clcs |" not in against and f"| {floor_retrain} |" in against
+    assert unseen.main(["--summarise", *map(str, paths), "--against", "nope", "--out", str(out), "--name", "v"]) == 2
+    assert "has no row 'nope'" in capsys.readouterr().err
     # quality.py's split (--split benchmark) says so instead of claiming unseen images.
     report["split"] = {"kind": "benchmark", "train": ["a"], "test": ["b", "c"]}
     assert unseen.markdown(report).startswith("# quality.py's split through the command line")
