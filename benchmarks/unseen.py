@@ -256,8 +256,8 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     return {"split": chosen, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
 
 
-def _floor_row(report: dict, name: str = FLOOR) -> dict:
-    """A run's floor row (or its row ``name``: the reference of a summary's paired columns)."""
+def _run_row(report: dict, name: str = FLOOR) -> dict:
+    """A run's row ``name`` (default its floor: the reference of a summary's paired columns)."""
     found = next((row for row in report["rows"] if row["row"] == name), None)
     if found is None:
         raise ValueError(f"run {report.get('name', '?')!r} has no row {name!r} "
@@ -267,7 +267,7 @@ def _floor_row(report: dict, name: str = FLOOR) -> dict:
 
 def _floor_dice(report: dict) -> float:
     """Test Dice of a run's floor row."""
-    return _floor_row(report)["test"]["dice"]
+    return _run_row(report)["test"]["dice"]
 
 
 def _classes(values) -> str:
@@ -356,8 +356,8 @@ def summary_markdown(reports: list, names: list, rows: list | None = None, again
     settings = {r["setting"] for r in reports}
     if len(settings) != 1:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
-    floors = [_floor_row(r, against)["test"]["dice"] for r in reports]
-    floor_argmax = [_floor_row(r, against)["corrected"]["dice"] for r in reports]
+    floors = [_run_row(r, against)["test"]["dice"] for r in reports]
+    floor_argmax = [_run_row(r, against)["corrected"]["dice"] for r in reports]
     # The default's wording is the committed summaries'; another reference is named in full.
     ref, ref_corrected = ("floor", "floor's argmax") if against == FLOOR else (f"`{against}`",) * 2
     seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
