@@ -229,15 +229,15 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
               *simulate_args(setting), "--seed", seed, "--out", sim], log)
     noisy = _segmentation(evaluate(sim / "labels", work / "train" / "clean", log))
     prior = prior_detection(sim / "labels", sim / "noise_mask", setting.per_slice)
+    plan = [(CEILING, "baseline", work / "train" / "clean")]
+    for row, method in [(FLOOR, "baseline"), *[(m, m) for m in methods]]:
+        plan.append((row, method, sim / "labels"))
+        if retrain:
+            plan.append((row + RETRAIN, "baseline", _run_dir(work, row) / "corrected"))
     rows = []
-    queue = [(CEILING, "baseline", work / "train" / "clean"), (FLOOR, "baseline", sim / "labels"),
-             *[(m, m, sim / "labels") for m in methods]]
-    while queue:
-        row, method, labels = queue.pop(0)
+    for row, method, labels in plan:
         say(f"  {row} ...")
-        out = work / "runs" / re.sub(r"\W+", "_", row).strip("_")
-        if retrain and row != CEILING and not row.endswith(RETRAIN):
-            queue.insert(0, (row + RETRAIN, "baseline", out / "corrected"))
+        out = _run_dir(work, row)
         seconds = noisyseg(["train", "--images", work / "train" / "images", "--labels", labels, "--method", method,
                             *train_args(profile, epochs, lr_schedule, train_seed), *param_args(params, method),
                             "--out", out], log)
@@ -256,11 +256,17 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     return {"split": chosen, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
 
 
-def _run_row(report: dict, name: str = FLOOR) -> dict:
-    """A run's row ``name`` (default its floor: the reference of a summary's paired columns)."""
+def _run_dir(work: Path, row: str) -> Path:
+    """The folder ``noisyseg train`` writes the run of ``row`` to."""
+    return work / "runs" / re.sub(r"\W+", "_", row).strip("_")
+
+
+def _run_row(report: dict, name: str = FLOOR, run: str = "?") -> dict:
+    """The row ``name`` of the result ``report`` of the run called ``run`` (default its floor:
+    the reference of a summary's paired columns)."""
     found = next((row for row in report["rows"] if row["row"] == name), None)
     if found is None:
-        raise ValueError(f"run {report.get('name', '?')!r} has no row {name!r} "
+        raise ValueError(f"run {run!r} has no row {name!r} "
                          f"(rows: {', '.join(row['row'] for row in report['rows'])})")
     return found
 
@@ -356,8 +362,9 @@ def summary_markdown(reports: list, names: list, rows: list | None = None, again
     settings = {r["setting"] for r in reports}
     if len(settings) != 1:
         raise ValueError(f"the runs hold several settings {sorted(settings)}; summarise one at a time")
-    floors = [_run_row(r, against)["test"]["dice"] for r in reports]
-    floor_argmax = [_run_row(r, against)["corrected"]["dice"] for r in reports]
+    references = [_run_row(r, against, n) for r, n in zip(reports, names)]
+    floors = [row["test"]["dice"] for row in references]
+    floor_argmax = [row["corrected"]["dice"] for row in references]
     # The default's wording is the committed summaries'; another reference is named in full.
     ref, ref_corrected = ("floor", "floor's argmax") if against == FLOOR else (f"`{against}`",) * 2
     seeds = ", ".join(f"{r['seed']}:{r['train_seed']}" for r in reports)
@@ -408,7 +415,7 @@ def summary_markdown(reports: list, names: list, rows: list | None = None, again
 def summarise(paths: list, out, name: str, rows: list | None = None, against: str = FLOOR) -> int:
     """Write ``<out>/<name>.md`` summarising the unseen.py result files ``paths`` (no training)."""
     try:
-        reports = [{"name": Path(p).stem, **json.loads(Path(p).read_text())} for p in paths]
+        reports = [json.loads(Path(p).read_text()) for p in paths]
         table = summary_markdown(reports, [Path(p).stem for p in paths], rows, against)
     except (OSError, ValueError, KeyError, StopIteration) as error:
         print(f"error: cannot summarise {paths}: {type(error).__name__}: {error}", file=sys.stderr)
