@@ -1,6 +1,6 @@
 """``noisyseg``: the napari-noisyseg pipeline on the command line.
 
-Subcommands: ``simulate``, ``train``, ``compare``, ``predict``, ``evaluate``, ``methods``.
+Subcommands: ``simulate``, ``train``, ``apply``, ``compare``, ``predict``, ``evaluate``, ``methods``.
 Their arguments and output layout are a stable contract used by the project's
 benchmarks and by checks on data outside this repository.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -90,11 +91,31 @@ def cmd_train(args) -> int:
     )
     check_new_dir(args.out, args.overwrite)  # fail before training, not after it
     loaded = load_pairs(args.images, args.labels)
-    print(f"{len(loaded.names)} image/label pairs; method {args.method}", flush=True)
-    dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode)
+    trust = None
+    if args.trust:
+        from .decisions import load_trust
+
+        trust = load_trust(args.trust, loaded.names, loaded.labels)
+    trusted = f"; {sum(int(t.sum()) for t in trust)} trusted pixels" if trust else ""
+    print(f"{len(loaded.names)} image/label pairs; method {args.method}{trusted}", flush=True)
+    dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode, trust=trust)
     history = write_run(args.out, loaded, dataset, result, overwrite=args.overwrite, mode=args.mode)
     print(f"{history['n_proposals']} proposed regions; wrote {args.out}"
           + (" (stopped early)" if result.stopped else ""))
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from .decisions import apply_run_decisions
+
+    summary = apply_run_decisions(args.run, args.labels, args.out, decisions=args.decisions,
+                                  accept_above=args.accept_above, overwrite=args.overwrite)
+    counts = summary["counts"]
+    print(f"{counts['accept']} accepted, {counts['reject']} rejected, {counts['undo']} undone, "
+          f"{counts['skipped']} left pending of {summary['regions']} proposed regions; "
+          f"{summary['pixels_changed']} pixels changed, {summary['pixels_trusted']} trusted -> {args.out}")
+    print(f"retrain with the decisions: noisyseg train --images IMAGES --labels {Path(args.out) / 'cleaned'} "
+          f"--trust {Path(args.out) / 'trust'} --out NEW_RUN")
     return 0
 
 
@@ -219,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="noisyseg",
         description="Find and fix wrong segmentation annotations: simulate label noise, train a "
-        "noisy-label method (or compare several), propose corrections, predict, evaluate.",
+        "noisy-label method (or compare several), propose corrections, apply review decisions, predict, evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"napari-noisyseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -263,11 +284,35 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=int, default=30, help="epoch budget (default 30)")
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget instead of epochs")
     _add_training_options(p, seed_help=None)
+    p.add_argument("--trust", default=None,
+                   help="folder of trust masks paired with the labels by file stem (nonzero: the label is right "
+                   "and the method never changes it), e.g. OUT/trust of `noisyseg apply`")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (JSON value); repeatable")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "apply", help="apply accept/reject decisions to a run's proposals; write cleaned labels and a log",
+        description="Review without a viewer. Rebuilds the proposed regions of a `noisyseg train` run from RUN and "
+        "the labels it trained on, applies a decision file (CSV or JSON with columns region and decision: accept, "
+        "reject or undo; e.g. RUN/proposals.csv with a decision column added, or a curation log) or accepts every "
+        "region with mean likelihood >= --accept-above. Writes OUT/cleaned/<stem> (the labels with the accepted "
+        "changes, same format), OUT/trust/<stem>.tif (1 on decided pixels) and OUT/curation_log.csv/.json. "
+        "The given label files are only read.",
+        epilog="then retrain with the decisions: noisyseg train --images IMAGES --labels OUT/cleaned "
+        "--trust OUT/trust --out RUN2",
+    )
+    p.add_argument("--run", required=True, help="run folder of `noisyseg train`")
+    p.add_argument("--labels", required=True, help="folder of the labels the run trained on")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--decisions", help="decision file (.csv or .json)")
+    how.add_argument("--accept-above", type=float, metavar="LIKELIHOOD",
+                     help="accept every proposed region whose mean noise likelihood is >= this (0 accepts all)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser(
         "compare", help="train several methods with one budget and compare their noise maps",

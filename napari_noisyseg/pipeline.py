@@ -18,6 +18,7 @@ from .core import io
 from .core.checkpoint import load_checkpoint, save_result, training_patch_size
 from .core.dataset import build_dataset
 from .core.proposals import find_regions, regions_to_csv
+from .decisions import labels_digest
 from .engine.device import numeric_path, resolve_device
 from .engine.infer import predict_many
 from .methods import TrainConfig, fit
@@ -180,9 +181,13 @@ def _write_simulation(out, files, metas, run, labels_dir, overwrite, write_json=
 # ----------------------------------------------------------------------------- train
 
 
-def train_pairs(loaded: LoadedPairs, config: TrainConfig, events=None, mode: str = "auto"):
-    """Build the dataset from loaded pairs and run ``config.method``. Returns (dataset, result)."""
-    dataset = build_dataset(loaded.images, loaded.labels, loaded.names, modes=mode)
+def train_pairs(loaded: LoadedPairs, config: TrainConfig, events=None, mode: str = "auto", trust=None):
+    """Build the dataset from loaded pairs and run ``config.method``. Returns (dataset, result).
+
+    ``trust``: per pair a bool mask of pixels whose label is known right (decided
+    regions, see :func:`napari_noisyseg.decisions.load_trust`), or None.
+    """
+    dataset = build_dataset(loaded.images, loaded.labels, loaded.names, modes=mode, trust=trust)
     return dataset, fit(dataset, config, events)
 
 
@@ -217,6 +222,9 @@ def write_run(out_dir, loaded: LoadedPairs, dataset, result, overwrite=False, mo
         "history": result.history,
         "sample_reliability": reliability,
         "n_proposals": len(regions),
+        # lets `noisyseg apply` refuse labels other than the ones trained on
+        "labels_sha256": {name: labels_digest(labels) for name, labels in zip(loaded.names, loaded.labels)},
+        "trusted_pixels": int(sum(int(np.count_nonzero(s.trust)) for s in dataset.samples)),
     }
     io.atomic_write_text(out / "history.json", json.dumps(history, indent=2, default=_json_default),
                          overwrite=overwrite)
@@ -583,6 +591,9 @@ def write_comparison(out_dir, loaded: LoadedPairs, dataset, comparison: Comparis
         "per_method": summary,
         "pairwise": comparison.pairwise_rows(),
         "n_proposals": len(regions),
+        # lets `noisyseg apply` refuse labels other than the ones trained on
+        "labels_sha256": {name: labels_digest(labels) for name, labels in zip(loaded.names, loaded.labels)},
+        "trusted_pixels": int(sum(int(np.count_nonzero(s.trust)) for s in dataset.samples)),
     })
     io.atomic_write_text(out / "comparison.json", json.dumps(document, indent=2), overwrite=overwrite)
     return document

@@ -78,7 +78,9 @@ def test_console_script_help():
                       "--param", "--out", "--overwrite", "erode_dilate", "model_noise", "noise_mask"]),
         ("train", ["--images", "--labels", "--method", "--epochs", "--minutes", "--device", "--precision",
                    "--seed", "--mode", "--patch-size", "--batch-size", "--width", "--depth", "--lr-schedule", "--param",
-                   "--out", "--overwrite", "model.safetensors", "proposals.csv"]),
+                   "--trust", "--out", "--overwrite", "model.safetensors", "proposals.csv"]),
+        ("apply", ["--run", "--labels", "--decisions", "--accept-above", "--out", "--overwrite", "cleaned", "trust",
+                   "curation_log.csv"]),
         ("predict", ["--model", "--images", "--out", "--device", "--overwrite"]),
         ("evaluate", ["--pred", "--truth", "--noise", "--noise-truth", "--json"]),
         ("methods", []),
@@ -158,6 +160,7 @@ def test_train_layout(pipeline_2d):
     assert header == ["id", "source", "kind", "area", "mean_noise", "from_class", "to_class",
                       "centroid", "bbox", "status"]
     assert history["n_proposals"] == len(rows)
+    assert sorted(history["labels_sha256"]) == sorted(stems) and history["trusted_pixels"] == 0
     assert [int(r["id"]) for r in rows] == list(range(1, len(rows) + 1))
     assert {r["source"] for r in rows} <= set(stems) and {r["kind"] for r in rows} <= {"add", "remove", "relabel"}
     assert all(len(r["centroid"].split()) == 2 and len(r["bbox"].split()) == 4 for r in rows)

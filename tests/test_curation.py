@@ -227,6 +227,22 @@ def test_original_is_never_modified():
     assert s.original_unchanged()
 
 
+def test_decisions_apply_to_fortran_ordered_labels():
+    # A NIfTI file reads as a Fortran-ordered array; decisions must still reach the cleaned labels.
+    given = np.zeros((4, 20, 20), np.int32)
+    given[:, 5:10, 5:10] = 1
+    corrected = given.copy()
+    corrected[:, 12:16, 12:16] = 1
+    session = CurationSession([np.asfortranarray(given)], min_area=1)
+    session.set_proposals([np.full(given.shape, 0.9, np.float32)], [np.asfortranarray(corrected)])
+    (rid,) = session.regions
+    assert session.accept(rid) == 64
+    np.testing.assert_array_equal(session.cleaned[0], corrected)
+    np.testing.assert_array_equal(session.trust_masks()[0], corrected != given)
+    session.undo()
+    np.testing.assert_array_equal(session.cleaned[0], given)
+
+
 def test_a_new_round_keeps_decisions_and_proposes_nothing_on_trusted_pixels(session):
     add0 = _by(session, "stack labels[0]", "add")
     remove1 = _by(session, "stack labels[1]", "remove")

@@ -243,7 +243,9 @@ class CurationSession:
                  min_area: int = DEFAULT_MIN_AREA, user: str | None = None):
         self.given: list[np.ndarray] = []
         for array in given:
-            copy = np.array(array, copy=True)
+            # C order: decisions write through ravel() views, which a Fortran-ordered
+            # array (a NIfTI read) would silently turn into copies
+            copy = np.array(array, copy=True, order="C")
             if copy.dtype.kind not in "iub":
                 raise ValueError(f"labels must be integers, got {copy.dtype}")
             copy.setflags(write=False)
