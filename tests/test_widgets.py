@@ -449,6 +449,10 @@ def test_volume_review_moves_the_slider_and_nifti_keeps_the_affine(make_napari_v
     assert session.region_mask(region.id)[int(z)].any()  # the slider shows the region
     np.testing.assert_allclose(camera_of(viewer).center[-2:], original.data_to_world((z, y, x))[1:], atol=1e-6)
     review.decide("accept")
+    mask = session.region_mask(region.id)  # the NIfTI labels are Fortran-ordered: the accept must still land
+    np.testing.assert_array_equal(session.cleaned[0][mask], session.corrected[0][mask])
+    assert (session.cleaned[0][mask] != original.data[mask]).all()
+    np.testing.assert_array_equal(viewer.layers["hippocampus labels cleaned"].data, session.cleaned[0])
 
     export = _dock(viewer, "Export")
     export.export(folder=tmp_path, labels_format=".nii.gz", include=("cleaned", "noise"))
