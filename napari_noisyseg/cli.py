@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="apply accept/reject decisions to a run's proposals; write cleaned labels and a log",
         description="Review without a viewer. Rebuilds the proposed regions of a `noisyseg train` run from RUN and "
         "the labels it trained on, applies a decision file (CSV or JSON with columns region and decision: accept, "
-        "reject or undo; e.g. RUN/proposals.csv with a decision column added, or a curation log) or accepts every "
+        "reject or undo; e.g. RUN/proposals.csv with a decision column added, or the curation log of an earlier apply) or accepts every "
         "region with mean likelihood >= --accept-above. Writes OUT/cleaned/<stem> (the labels with the accepted "
         "changes, same format), OUT/trust/<stem>.tif (1 on decided pixels) and OUT/curation_log.csv/.json. "
         "The given label files are only read.",
