@@ -591,9 +591,6 @@ def write_comparison(out_dir, loaded: LoadedPairs, dataset, comparison: Comparis
         "per_method": summary,
         "pairwise": comparison.pairwise_rows(),
         "n_proposals": len(regions),
-        # lets `noisyseg apply` refuse labels other than the ones trained on
-        "labels_sha256": {name: labels_digest(labels) for name, labels in zip(loaded.names, loaded.labels)},
-        "trusted_pixels": int(sum(int(np.count_nonzero(s.trust)) for s in dataset.samples)),
     })
     io.atomic_write_text(out / "comparison.json", json.dumps(document, indent=2), overwrite=overwrite)
     return document
