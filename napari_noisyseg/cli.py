@@ -102,6 +102,9 @@ def cmd_train(args) -> int:
     history = write_run(args.out, loaded, dataset, result, overwrite=args.overwrite, mode=args.mode)
     print(f"{history['n_proposals']} proposed regions; wrote {args.out}"
           + (" (stopped early)" if result.stopped else ""))
+    if history["n_proposals"] and not args.quiet:
+        print(f"review: add a decision column (accept / reject) to {Path(args.out) / 'proposals.csv'}, then "
+              f"noisyseg apply --run {args.out} --labels {args.labels} --decisions FILE --out CLEANED")
     return 0
 
 
