@@ -231,7 +231,6 @@ def test_3d_nifti_volume_trains_slice_wise(tmp_path, capsys):
     with open(run / "proposals.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert all(len(r["centroid"].split()) == 3 and len(r["bbox"].split()) == 6 for r in rows)
-    assert rows and f"noisyseg apply --run {run} --labels {tmp_path / 'labels'}" in out  # the next step
     code, _, err = run_cli(capsys, "predict", "--model", run / "model.safetensors", "--images",
                            tmp_path / "images", "--out", tmp_path / "pred")
     assert code == 0, err

@@ -222,8 +222,10 @@ def test_a_3d_nifti_run_applies_and_keeps_the_affine(tmp_path, capsys, mode):
     io.write_array(tmp_path / "images" / f"{stem}.nii.gz", image[crop], image_meta)
     io.write_labels(tmp_path / "labels" / f"{stem}.nii.gz", labels[crop], label_meta)
     run, out = tmp_path / "run", tmp_path / "out"
-    assert run_cli(capsys, "train", "--images", tmp_path / "images", "--labels", tmp_path / "labels", *TRAIN,
-                   "--epochs", "1", "--mode", mode, "--out", run)[0] == 0
+    code, text, err = run_cli(capsys, "train", "--images", tmp_path / "images", "--labels", tmp_path / "labels",
+                              *[a for a in TRAIN if a != "--quiet"], "--epochs", "1", "--mode", mode, "--out", run)
+    assert code == 0, err
+    assert f"noisyseg apply --run {run} --labels {tmp_path / 'labels'}" in text  # train names the review step
     code, text, err = run_cli(capsys, "apply", "--run", run, "--labels", tmp_path / "labels", "--accept-above", "0",
                               "--out", out)
     assert code == 0, err
