@@ -142,7 +142,7 @@ correct_reliable : bool
     boundary again (Dice(corrected, clean) 0.875 / 0.834, given 0.784 / 0.778).
     Where the floor memorises (4 hippocampus volumes × 200 epochs, cosine rate, seeds
     0 / 1 / 2, bf16 EPYC) the floor's argmax is far better than the given labels
-    (0.81–0.84 against 0.73), so correcting the reliable half should help there: test
+    (0.81–0.84 against 0.73), so correcting the reliable half was tried there: test
     Dice 0.725 / 0.588 / 0.707 against the default's 0.713 / 0.611 / 0.661 (floor 0.649 /
     0.729 / 0.690), Dice(corrected, clean) 0.816 / 0.763 / 0.796 against 0.811 / 0.758 /
     0.793. The pair's confident pixels (τ 0.8) change little on those images, and seed
