@@ -20,7 +20,6 @@ writes plus the trust masks a retrain needs:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -28,29 +27,16 @@ import numpy as np
 
 from .core import io
 from .core.curation import CurationSession
+from .pipeline import check_new_dir, ensure_new_dir
 
 RUN_PARTS = ("corrected", "noise", "history.json")
 
 
-def labels_digest(labels: np.ndarray) -> str:
-    """SHA-256 of a label map's shape and values (dtype-independent), as hex."""
-    hasher = hashlib.sha256(str(tuple(labels.shape)).encode())
-    hasher.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return hasher.hexdigest()
-
-
-def _files_by_stem(directory: Path, what: str) -> dict:
-    files = io.list_files(directory)
-    if not files:
-        raise io.InputError(f"{str(directory)!r} holds no {what} files (supported: {', '.join(io.SUPPORTED_EXTENSIONS)})")
-    found: dict = {}
-    for path in files:
-        stem = io.split_stem(path)[0]
-        if stem in found:
-            raise io.InputError(f"{str(directory)!r} has two {what} files named {stem!r}: "
-                                f"{found[stem].name}, {path.name}; keep one")
-        found[stem] = path
-    return found
+def _check_paired(names, files: dict, what: str) -> None:
+    """Refuse ``files`` (by stem) that do not pair one to one with ``names``; ``what`` describes both sides."""
+    unmatched = sorted(set(names) ^ set(files))
+    if unmatched:
+        raise io.InputError(f"{what} do not pair by name ({', '.join(unmatched[:5])} only in one of them)")
 
 
 def _read_run(run: Path) -> tuple[dict, dict, dict]:
@@ -61,7 +47,7 @@ def _read_run(run: Path) -> tuple[dict, dict, dict]:
         history = json.loads((run / "history.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise io.InputError(f"{run / 'history.json'}: not valid JSON ({error})") from None
-    return history, _files_by_stem(run / "corrected", "corrected label"), _files_by_stem(run / "noise", "noise map")
+    return history, io.files_by_stem(run / "corrected", "corrected label"), io.files_by_stem(run / "noise", "noise map")
 
 
 def _check_proposals(run: Path, session: CurationSession) -> None:
@@ -121,26 +107,20 @@ def apply_run_decisions(run_dir, labels_dir, out_dir, decisions=None, accept_abo
     FileExistsError
         ``out_dir`` is not empty and ``overwrite`` is False.
     """
-    from .pipeline import check_new_dir, ensure_new_dir
-
     if (decisions is None) == (accept_above is None):
         raise ValueError("give a decision file or a likelihood to accept above (one of them)")
     run, labels_dir, out = Path(run_dir), Path(labels_dir), Path(out_dir)
     check_new_dir(out, overwrite)
     history, corrected_files, noise_files = _read_run(run)
-    label_files = _files_by_stem(labels_dir, "label")
+    label_files = io.files_by_stem(labels_dir, "label")
     stems = sorted(corrected_files)
-    unmatched = sorted(set(stems) ^ set(label_files))
-    if unmatched:
-        raise io.InputError(
-            f"the labels in {str(labels_dir)!r} and the run's corrected labels in {str(run / 'corrected')!r} "
-            f"do not pair by name ({', '.join(unmatched[:5])} only in one of them)"
-        )
+    _check_paired(stems, label_files, f"the labels in {str(labels_dir)!r} and the run's corrected labels in "
+                                      f"{str(run / 'corrected')!r}")
     recorded = history.get("labels_sha256", {})
     given, metas, corrected, noise = [], [], [], []
     for stem in stems:
         labels, meta = io.read_labels(label_files[stem], allow_full=True)
-        if stem in recorded and recorded[stem] != labels_digest(labels):
+        if stem in recorded and recorded[stem] != io.labels_digest(labels):
             raise io.InputError(f"{label_files[stem]}: not the labels the run in {str(run)!r} trained on "
                                 "(their content differs from what history.json recorded)")
         proposal, _ = io.read_array(corrected_files[stem])
@@ -209,11 +189,8 @@ def load_trust(trust_dir, names: list, labels: list) -> list:
         A label map without a trust file (or the reverse), or a shape that differs.
     """
     trust_dir = Path(trust_dir)
-    files = _files_by_stem(trust_dir, "trust mask")
-    unmatched = sorted(set(names) ^ set(files))
-    if unmatched:
-        raise io.InputError(f"the trust masks in {str(trust_dir)!r} and the labels do not pair by name "
-                            f"({', '.join(unmatched[:5])} only in one of them)")
+    files = io.files_by_stem(trust_dir, "trust mask")
+    _check_paired(names, files, f"the trust masks in {str(trust_dir)!r} and the labels")
     masks = []
     for name, label_map in zip(names, labels):
         mask, _ = io.read_array(files[name])

@@ -18,7 +18,6 @@ from .core import io
 from .core.checkpoint import load_checkpoint, save_result, training_patch_size
 from .core.dataset import build_dataset
 from .core.proposals import find_regions, regions_to_csv
-from .decisions import labels_digest
 from .engine.device import numeric_path, resolve_device
 from .engine.infer import predict_many
 from .methods import TrainConfig, fit
@@ -223,7 +222,7 @@ def write_run(out_dir, loaded: LoadedPairs, dataset, result, overwrite=False, mo
         "sample_reliability": reliability,
         "n_proposals": len(regions),
         # lets `noisyseg apply` refuse labels other than the ones trained on
-        "labels_sha256": {name: labels_digest(labels) for name, labels in zip(loaded.names, loaded.labels)},
+        "labels_sha256": {name: io.labels_digest(labels) for name, labels in zip(loaded.names, loaded.labels)},
         "trusted_pixels": int(sum(int(np.count_nonzero(s.trust)) for s in dataset.samples)),
     }
     io.atomic_write_text(out / "history.json", json.dumps(history, indent=2, default=_json_default),

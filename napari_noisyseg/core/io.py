@@ -22,6 +22,7 @@ Conventions
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -569,6 +570,35 @@ def _by_stem(files: list[Path], directory: Path) -> dict[str, Path]:
     return {s: ps[0] for s, ps in found.items()}
 
 
+def files_by_stem(directory: str | os.PathLike, role: str) -> dict[str, Path]:
+    """The supported files of ``directory`` by stem (see :func:`list_files`).
+
+    Raises
+    ------
+    InputError
+        The folder is missing or holds no supported file (the message calls
+        them ``role`` files), or two files share a stem.
+    """
+    directory = Path(directory)
+    return _supported_by_stem(list_files(directory), directory, role)
+
+
+def _supported_by_stem(files: list[Path], directory: Path, role: str) -> dict[str, Path]:
+    if not files:
+        raise InputError(
+            f"{str(directory)!r} holds no {role} files "
+            f"(supported: {', '.join(SUPPORTED_EXTENSIONS)})"
+        )
+    return _by_stem(files, directory)
+
+
+def labels_digest(labels: np.ndarray) -> str:
+    """SHA-256 of a label map's shape and values (dtype-independent), as hex."""
+    hasher = hashlib.sha256(str(tuple(labels.shape)).encode())
+    hasher.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return hasher.hexdigest()
+
+
 def _listing(stems: list[str]) -> str:
     more = len(stems) - _MAX_LISTED
     return ", ".join(stems[:_MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
@@ -595,17 +625,9 @@ def pair_files(
         message lists the first unmatched stems).
     """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    listed = {"image": list_files(images_dir), "label": list_files(labels_dir)}
-    sides = {}
-    for role, directory in (("image", images_dir), ("label", labels_dir)):
-        files = listed[role]
-        if not files:
-            raise InputError(
-                f"{str(directory)!r} holds no {role} files "
-                f"(supported: {', '.join(SUPPORTED_EXTENSIONS)})"
-            )
-        sides[role] = _by_stem(files, directory)
-    images, labels = sides["image"], sides["label"]
+    listed = [list_files(images_dir), list_files(labels_dir)]  # a missing folder is named before an empty one
+    images = _supported_by_stem(listed[0], images_dir, "image")
+    labels = _supported_by_stem(listed[1], labels_dir, "label")
     no_label = sorted(set(images) - set(labels))
     no_image = sorted(set(labels) - set(images))
     problems = []
