@@ -625,9 +625,10 @@ def pair_files(
         message lists the first unmatched stems).
     """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    listed = [list_files(images_dir), list_files(labels_dir)]  # a missing folder is named before an empty one
-    images = _supported_by_stem(listed[0], images_dir, "image")
-    labels = _supported_by_stem(listed[1], labels_dir, "label")
+    # both listed first: a missing folder is named before an empty one
+    image_files, label_files = list_files(images_dir), list_files(labels_dir)
+    images = _supported_by_stem(image_files, images_dir, "image")
+    labels = _supported_by_stem(label_files, labels_dir, "label")
     no_label = sorted(set(images) - set(labels))
     no_image = sorted(set(labels) - set(images))
     problems = []
