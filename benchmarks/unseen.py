@@ -28,6 +28,10 @@ as a user would:
 on that run's ``corrected/`` with the same budget and seed, predicted and scored like the
 others: the user who accepts every proposed correction and trains again. The floor's
 ``corrected/`` is its argmax, so its retrain row is self-training, the reference for the rest.
+``--retrain-with-decisions`` adds, after each method, the plugin's own second round instead:
+``noisyseg apply --accept-above 0`` (every proposed region accepted) and ``noisyseg train
+--method M --trust`` on its cleaned labels and trust masks, the viewer's "Retrain with
+decisions" (which warm-starts a method with ``refit``, Co-Seg, where this trains afresh).
 
 ``--split benchmark`` runs the same commands on quality.py's full split instead, for a data
 set with no unnamed images (every BBBC039 image is in that split); its tables say so.
@@ -65,6 +69,7 @@ OWN_RESULTS = re.compile(r"benchmarks/results/unseen[^/]*$")
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "build", "dist"}
 CEILING, FLOOR = "ceiling (clean)", "floor (noisy)"
 RETRAIN = " → retrain"  # suffix of a row trained afresh on another row's corrected labels
+DECIDED = " → accept all → {method} (trust)"  # suffix of the viewer's "Retrain with decisions", every proposal accepted
 
 
 def tracked_files(root: Path) -> list:
@@ -194,7 +199,7 @@ def param_args(params: dict, method: str) -> list:
 
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
         seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT, split: str = "unseen",
-        params: dict | None = None, retrain: bool = False) -> dict:
+        params: dict | None = None, retrain: bool = False, decided: bool = False) -> dict:
     """Ceiling, floor and ``methods`` trained through the command line on unseen images (``split``
     "unseen") or on quality.py's full split ("benchmark").
 
@@ -202,6 +207,9 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     budget and seed on that run's ``corrected/`` labels (row ``"<row> → retrain"``): what a user
     gets who accepts every proposed correction and trains again (the floor's corrected labels
     are its argmax, so its retrain row is plain self-training, the reference for the others).
+    ``decided``: after each method, ``noisyseg apply --accept-above 0`` on its run and the same
+    method trained on the cleaned labels with the trust masks (row ``"<method> → accept all →
+    <method> (trust)"``, with ``"cleaned"``: Dice of the cleaned labels against the clean ones).
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
     (mean over foreground classes, and per class) and, for every run on the noisy labels,
@@ -229,21 +237,31 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
               *simulate_args(setting), "--seed", seed, "--out", sim], log)
     noisy = _segmentation(evaluate(sim / "labels", work / "train" / "clean", log))
     prior = prior_detection(sim / "labels", sim / "noise_mask", setting.per_slice)
-    plan = [(CEILING, "baseline", work / "train" / "clean")]
+    plan = [(CEILING, "baseline", work / "train" / "clean", None)]  # (row, method, labels, run whose proposals it accepts)
     for row, method in [(FLOOR, "baseline"), *[(m, m) for m in methods]]:
-        plan.append((row, method, sim / "labels"))
+        plan.append((row, method, sim / "labels", None))
         if retrain:
-            plan.append((row + RETRAIN, "baseline", _run_dir(work, row) / "corrected"))
+            plan.append((row + RETRAIN, "baseline", _run_dir(work, row) / "corrected", None))
+        if decided and row != FLOOR:
+            plan.append((row + DECIDED.format(method=method), method, None, row))
     rows = []
-    for row, method, labels in plan:
+    for row, method, labels, accepted_from in plan:
         say(f"  {row} ...")
         out = _run_dir(work, row)
+        cleaned, trust = {}, []
+        if accepted_from is not None:
+            # The user's review without a viewer: every proposed region of the first round accepted.
+            applied = _applied_dir(work, accepted_from)
+            noisyseg(["apply", "--run", _run_dir(work, accepted_from), "--labels", sim / "labels",
+                      "--accept-above", 0, "--out", applied], log)
+            cleaned = {"cleaned": _segmentation(evaluate(applied / "cleaned", work / "train" / "clean", log))}
+            labels, trust = applied / "cleaned", ["--trust", applied / "trust"]
         seconds = noisyseg(["train", "--images", work / "train" / "images", "--labels", labels, "--method", method,
                             *train_args(profile, epochs, lr_schedule, train_seed), *param_args(params, method),
-                            "--out", out], log)
+                            *trust, "--out", out], log)
         noisyseg(["predict", "--model", out, "--images", work / "test" / "images", "--out", out / "test"], log)
         result = {"row": row, "method": method, "train_s": round(seconds, 1),
-                  "test": _segmentation(evaluate(out / "test", work / "test" / "clean", log))}
+                  "test": _segmentation(evaluate(out / "test", work / "test" / "clean", log)), **cleaned}
         if row != CEILING:
             report = evaluate(out / "corrected", work / "train" / "clean", log, out / "noise", sim / "noise_mask")
             result["corrected"] = _segmentation(report)
@@ -259,6 +277,11 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
 def _run_dir(work: Path, row: str) -> Path:
     """The folder ``noisyseg train`` writes the run of ``row`` to."""
     return work / "runs" / re.sub(r"\W+", "_", row).strip("_")
+
+
+def _applied_dir(work: Path, row: str) -> Path:
+    """The folder ``noisyseg apply`` writes the accepted proposals of the run of ``row`` to."""
+    return work / "applied" / re.sub(r"\W+", "_", row).strip("_")
 
 
 def _run_row(report: dict, name: str = FLOOR, run: str = "?") -> dict:
@@ -320,6 +343,13 @@ def markdown(report: dict) -> str:
               "of the run's corrected/ against the clean training labels (Dice(noisy, clean) above; the floor's "
               "corrected/ is its argmax). AUROC / AP: its noise/ maps against the simulator's noise mask. Train s: "
               "`noisyseg train`'s wall time.", ""]
+    accepted = [r for r in report["rows"] if "cleaned" in r]
+    if accepted:
+        lines += ["Rows `→ accept all → M (trust)`: `noisyseg apply --accept-above 0` on the first round's run "
+                  "(every proposed region accepted), then `noisyseg train --method M --trust` on its cleaned labels: "
+                  "the viewer's \"Retrain with decisions\". Dice(cleaned, clean) of the labels it trained on: "
+                  + "; ".join(f"{r['row'].split(' → ')[0]} {r['cleaned']['dice']:.3f} "
+                              f"({_classes(r['cleaned']['dice_per_class'][1:])})" for r in accepted) + ".", ""]
     return "\n".join(lines)
 
 
@@ -448,6 +478,10 @@ def main(argv=None) -> int:
     parser.add_argument("--retrain", action="store_true",
                         help="after the floor and each method, train a fresh baseline on its corrected labels "
                              "(every proposal accepted) with the same budget: rows '<row> → retrain'")
+    parser.add_argument("--retrain-with-decisions", action="store_true",
+                        help="after each method, the viewer's 'Retrain with decisions' with every proposal "
+                             "accepted: noisyseg apply --accept-above 0, then the same method on the cleaned "
+                             "labels with --trust: rows '<method> → accept all → <method> (trust)'")
     parser.add_argument("--against", default=FLOOR,
                         help=f"with --summarise: the row the paired columns compare with (default {FLOOR!r}; "
                              f"e.g. {FLOOR + RETRAIN!r})")
@@ -481,7 +515,7 @@ def main(argv=None) -> int:
     try:
         report.update(run(args.data, args.setting, methods, profile.n_train, args.n_test or profile.n_test,
                           args.epochs, args.lr_schedule, args.seed, args.train_seed, work, split=args.split,
-                          params=params, retrain=args.retrain))
+                          params=params, retrain=args.retrain, decided=args.retrain_with_decisions))
     except (quality.DataError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
