@@ -97,8 +97,17 @@ def cmd_train(args) -> int:
 
         trust = load_trust(args.trust, loaded.names, loaded.labels)
     trusted = f"; {sum(int(t.sum()) for t in trust)} trusted pixels" if trust else ""
-    print(f"{len(loaded.names)} image/label pairs; method {args.method}{trusted}", flush=True)
-    dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode, trust=trust)
+    previous, start = None, ""
+    if args.from_run:
+        from .methods import can_refit
+        from .pipeline import load_run_result
+
+        previous = load_run_result(args.from_run, args.method)
+        start = (f"; starting from the models of {args.from_run}" if can_refit(args.method, previous)
+                 else f"; {args.method} has no warm start (refit): training afresh, as the viewer's Retrain does")
+    print(f"{len(loaded.names)} image/label pairs; method {args.method}{trusted}{start}", flush=True)
+    dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode, trust=trust,
+                                  previous=previous)
     history = write_run(args.out, loaded, dataset, result, overwrite=args.overwrite, mode=args.mode)
     print(f"{history['n_proposals']} proposed regions; wrote {args.out}"
           + (" (stopped early)" if result.stopped else ""))
@@ -118,7 +127,7 @@ def cmd_apply(args) -> int:
           f"{counts['skipped']} left pending of {summary['regions']} proposed regions; "
           f"{summary['pixels_changed']} pixels changed, {summary['pixels_trusted']} trusted -> {args.out}")
     print(f"retrain with the decisions: noisyseg train --images IMAGES --labels {Path(args.out) / 'cleaned'} "
-          f"--trust {Path(args.out) / 'trust'} --out NEW_RUN")
+          f"--trust {Path(args.out) / 'trust'} --from {args.run} --out NEW_RUN")
     return 0
 
 
@@ -290,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", default=None,
                    help="folder of trust masks paired with the labels by file stem (nonzero: the label is right "
                    "and the method never changes it), e.g. OUT/trust of `noisyseg apply`")
+    p.add_argument("--from", dest="from_run", default=None, metavar="RUN",
+                   help="an earlier run folder of the same method to start from, as the viewer's \"Retrain with "
+                   "decisions\" does: a method with a warm start (coseg) continues its networks, the others train "
+                   "afresh")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (JSON value); repeatable")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
@@ -305,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "changes, same format), OUT/trust/<stem>.tif (1 on decided pixels) and OUT/curation_log.csv/.json. "
         "The given label files are only read.",
         epilog="then retrain with the decisions: noisyseg train --images IMAGES --labels OUT/cleaned "
-        "--trust OUT/trust --out RUN2",
+        "--trust OUT/trust --from RUN --out RUN2",
     )
     p.add_argument("--run", required=True, help="run folder of `noisyseg train`")
     p.add_argument("--labels", required=True, help="folder of the labels the run trained on")

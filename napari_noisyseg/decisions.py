@@ -13,8 +13,8 @@ writes plus the trust masks a retrain needs:
   regions: a rejection says the original label was right);
 - ``OUT/curation_log.csv`` and ``OUT/curation_log.json``: one row per decision.
 
-``noisyseg train --labels OUT/cleaned --trust OUT/trust`` is then the viewer's
-"Retrain with decisions". The given label files are only read.
+``noisyseg train --labels OUT/cleaned --trust OUT/trust --from RUN`` is then the
+viewer's "Retrain with decisions". The given label files are only read.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from .core.dataset import build_dataset
 from .core.proposals import find_regions, regions_to_csv
 from .engine.device import numeric_path, resolve_device
 from .engine.infer import predict_many
-from .methods import TrainConfig, fit
+from .methods import CurationResult, TrainConfig, fit, refit_or_fit
 
 
 @dataclass
@@ -180,14 +180,54 @@ def _write_simulation(out, files, metas, run, labels_dir, overwrite, write_json=
 # ----------------------------------------------------------------------------- train
 
 
-def train_pairs(loaded: LoadedPairs, config: TrainConfig, events=None, mode: str = "auto", trust=None):
+def train_pairs(loaded: LoadedPairs, config: TrainConfig, events=None, mode: str = "auto", trust=None,
+                previous=None):
     """Build the dataset from loaded pairs and run ``config.method``. Returns (dataset, result).
 
     ``trust``: per pair a bool mask of pixels whose label is known right (decided
     regions, see :func:`napari_noisyseg.decisions.load_trust`), or None.
+    ``previous``: a result to warm-start from (:func:`load_run_result`), used where the
+    method has ``refit`` (:func:`napari_noisyseg.methods.refit_or_fit`).
     """
     dataset = build_dataset(loaded.images, loaded.labels, loaded.names, modes=mode, trust=trust)
-    return dataset, fit(dataset, config, events)
+    if previous is None:
+        return dataset, fit(dataset, config, events)
+    return dataset, refit_or_fit(dataset, config, previous, events)[0]
+
+
+def load_run_result(run_dir, method: str) -> CurationResult:
+    """The models and history of a ``noisyseg train`` run of ``method``, to warm-start a retrain.
+
+    Only ``models``, ``history`` and the network's metadata are filled (no per-sample maps).
+
+    Raises
+    ------
+    InputError
+        ``run_dir`` holds no run (``model.safetensors``, ``history.json``) or a run of
+        another method.
+    CheckpointError
+        Its model file cannot be read.
+    """
+    run = Path(run_dir)
+    missing = [part for part in ("model.safetensors", "history.json") if not (run / part).is_file()]
+    if missing:
+        raise io.InputError(f"{run}: not a run folder of `noisyseg train` (no {' or '.join(missing)})")
+    checkpoint = load_checkpoint(run / "model.safetensors")
+    if checkpoint.method != method:
+        raise io.InputError(f"{run}: trained with method {checkpoint.method!r}, not {method!r}; "
+                            f"a warm start needs the same method")
+    try:
+        history = json.loads((run / "history.json").read_text()).get("history") or {}
+    except (OSError, ValueError, AttributeError) as error:
+        raise io.InputError(f"{run / 'history.json'}: not a readable run history ({error})") from error
+    try:
+        config = TrainConfig.from_dict(checkpoint.config)
+    except (TypeError, ValueError):
+        config = TrainConfig(method=method)
+    return CurationResult(method=method, probabilities=[], noise=[], corrected=[],
+                          sample_reliability=np.zeros(0), history=history, models=checkpoint.models,
+                          config=config, final_model=checkpoint.final_model, n_classes=checkpoint.n_classes,
+                          in_channels=checkpoint.in_channels)
 
 
 def write_run(out_dir, loaded: LoadedPairs, dataset, result, overwrite=False, mode="auto") -> dict:

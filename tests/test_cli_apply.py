@@ -233,3 +233,31 @@ def test_a_3d_nifti_run_applies_and_keeps_the_affine(tmp_path, capsys, mode):
     corrected, _ = io.read_array(run / "corrected" / f"{stem}.tif")
     np.testing.assert_array_equal(cleaned, corrected)
     np.testing.assert_allclose(meta.affine, label_meta.affine)
+
+
+def test_retrain_from_a_coseg_run_continues_its_networks(run_2d, tmp_path, capsys):
+    """``train --from RUN``: Co-Seg warm-starts from RUN's networks, as the viewer's Retrain does."""
+    coseg = [*TRAIN[2:], "--method", "coseg", "--param", "epsilon=0.4"]
+    first, out = tmp_path / "first", tmp_path / "out"
+    assert run_cli(capsys, "train", "--images", run_2d["images"], "--labels", run_2d["labels"], *coseg,
+                   "--out", first)[0] == 0
+    assert run_cli(capsys, "apply", "--run", first, "--labels", run_2d["labels"], "--accept-above", "0",
+                   "--out", out)[0] == 0
+    retrain = ["train", "--images", run_2d["images"], "--labels", out / "cleaned", "--trust", out / "trust", *coseg]
+    code, text, err = run_cli(capsys, *retrain, "--from", first, "--out", tmp_path / "warm")
+    assert code == 0, err
+    assert f"starting from the models of {first}" in text
+    assert run_cli(capsys, *retrain, "--out", tmp_path / "fresh")[0] == 0
+    warm, fresh = (json.loads((tmp_path / run / "history.json").read_text())["history"] for run in ("warm", "fresh"))
+    # Warm: no second warm-up epoch (drop rate ε from the first epoch) and the final network continued.
+    assert warm["keep_ratio"][0] == pytest.approx(0.6) and fresh["keep_ratio"][0] == pytest.approx(1.0)
+    assert warm["stage4_start"] == "previous" and fresh["stage4_start"] != "previous"
+    # A method without a warm start trains afresh and says so; a run of another method is refused.
+    code, text, err = run_cli(capsys, "train", "--images", run_2d["images"], "--labels", out / "cleaned", *TRAIN,
+                              "--from", run_2d["run"], "--out", tmp_path / "baseline")
+    assert code == 0 and "baseline has no warm start (refit): training afresh" in text, err
+    code, _, err = run_cli(capsys, *retrain, "--from", run_2d["run"], "--out", tmp_path / "other")
+    assert code == 2 and f"{run_2d['run']}: trained with method 'baseline', not 'coseg'" in err
+    code, _, err = run_cli(capsys, *retrain, "--from", run_2d["labels"], "--out", tmp_path / "none")
+    assert code == 2 and "not a run folder of `noisyseg train` (no model.safetensors or history.json)" in err
+    assert not (tmp_path / "other").exists() and not (tmp_path / "none").exists()

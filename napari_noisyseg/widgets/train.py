@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from ..engine.device import available_devices, resolve_device
 from ..engine.events import EpochEvent, ErrorEvent, StateEvent, StepEvent
-from ..methods import DEFAULT_METHOD, TrainConfig, available_methods, fit, get_method
+from ..methods import DEFAULT_METHOD, TrainConfig, available_methods, can_refit, fit, get_method, refit_or_fit
 from .layers import is_overlay_name
 from .plot import TrainingPlot
 from .state import MODES, state_for, unwrap_viewer
@@ -423,9 +423,7 @@ class TrainWidget(QWidget):
         labels = state.session.cleaned_labels()
         trust = state.session.trust_masks()
         previous = state.result
-        module = get_method(config.method)
-        refit = getattr(module, "refit", None)
-        can_refit = callable(refit) and previous is not None and bool(previous.models)
+        warm = can_refit(config.method, previous)
         config.preview_samples = self._preview_samples(inputs)
         notes = []
 
@@ -436,14 +434,13 @@ class TrainWidget(QWidget):
                 io.validate_labels(cleaned, f"{pair.labels_name} cleaned", allow_full=True)
             dataset = state.build(inputs, labels=labels, trust=trust)
             state.job_dataset = dataset
-            if can_refit and dataset.n_classes == previous.n_classes:
-                return dataset, refit(dataset, config, previous, progress)
-            return dataset, fit(dataset, config, progress)
+            return dataset, refit_or_fit(dataset, config, previous, progress)[0]
 
-        if can_refit:
+        if warm:
             notes.append(f"Retraining {config.method} from the current models")
         else:
-            why = ("has no refit" if not callable(refit) else "has no trained model to start from")
+            has_refit = callable(getattr(get_method(config.method), "refit", None))
+            why = "has no refit" if not has_refit else "has no trained model of its own to start from"
             notes.append(f"Retraining {config.method} from scratch ({config.method} {why})")
         counts = state.session.counts()
         notes.append(f"{int(sum(t.sum() for t in trust))} trusted pixels "
