@@ -30,8 +30,8 @@ others: the user who accepts every proposed correction and trains again. The flo
 ``corrected/`` is its argmax, so its retrain row is self-training, the reference for the rest.
 ``--retrain-with-decisions`` adds, after each method, the plugin's own second round instead:
 ``noisyseg apply --accept-above 0`` (every proposed region accepted) and ``noisyseg train
---method M --trust`` on its cleaned labels and trust masks, the viewer's "Retrain with
-decisions" (which warm-starts a method with ``refit``, Co-Seg, where this trains afresh).
+--method M --trust --from RUN`` on its cleaned labels and trust masks, the viewer's "Retrain
+with decisions" (Co-Seg continues its networks; the other methods train afresh).
 
 ``--split benchmark`` runs the same commands on quality.py's full split instead, for a data
 set with no unnamed images (every BBBC039 image is in that split); its tables say so.
@@ -69,7 +69,8 @@ OWN_RESULTS = re.compile(r"benchmarks/results/unseen[^/]*$")
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "build", "dist"}
 CEILING, FLOOR = "ceiling (clean)", "floor (noisy)"
 RETRAIN = " → retrain"  # suffix of a row trained afresh on another row's corrected labels
-DECIDED = " → accept all → {method} (trust)"  # suffix of the viewer's "Retrain with decisions", every proposal accepted
+# Suffix of a row that is the viewer's "Retrain with decisions" with every proposal accepted.
+DECIDED = " → accept all → {method} (trust)"
 
 
 def tracked_files(root: Path) -> list:
@@ -208,7 +209,7 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     gets who accepts every proposed correction and trains again (the floor's corrected labels
     are its argmax, so its retrain row is plain self-training, the reference for the others).
     ``decided``: after each method, ``noisyseg apply --accept-above 0`` on its run and the same
-    method trained on the cleaned labels with the trust masks (row ``"<method> → accept all →
+    method trained on the cleaned labels with the trust masks, ``--from`` its run (row ``"<method> → accept all →
     <method> (trust)"``, with ``"cleaned"``: Dice of the cleaned labels against the clean ones).
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
@@ -237,7 +238,8 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
               *simulate_args(setting), "--seed", seed, "--out", sim], log)
     noisy = _segmentation(evaluate(sim / "labels", work / "train" / "clean", log))
     prior = prior_detection(sim / "labels", sim / "noise_mask", setting.per_slice)
-    plan = [(CEILING, "baseline", work / "train" / "clean", None)]  # (row, method, labels, run whose proposals it accepts)
+    # (row, method, labels, the row whose proposals it accepts first or None)
+    plan = [(CEILING, "baseline", work / "train" / "clean", None)]
     for row, method in [(FLOOR, "baseline"), *[(m, m) for m in methods]]:
         plan.append((row, method, sim / "labels", None))
         if retrain:
@@ -255,7 +257,7 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
             noisyseg(["apply", "--run", _run_dir(work, accepted_from), "--labels", sim / "labels",
                       "--accept-above", 0, "--out", applied], log)
             cleaned = {"cleaned": _segmentation(evaluate(applied / "cleaned", work / "train" / "clean", log))}
-            labels, trust = applied / "cleaned", ["--trust", applied / "trust"]
+            labels, trust = applied / "cleaned", ["--trust", applied / "trust", "--from", _run_dir(work, accepted_from)]
         seconds = noisyseg(["train", "--images", work / "train" / "images", "--labels", labels, "--method", method,
                             *train_args(profile, epochs, lr_schedule, train_seed), *param_args(params, method),
                             *trust, "--out", out], log)
@@ -346,8 +348,8 @@ def markdown(report: dict) -> str:
     accepted = [r for r in report["rows"] if "cleaned" in r]
     if accepted:
         lines += ["Rows `→ accept all → M (trust)`: `noisyseg apply --accept-above 0` on the first round's run "
-                  "(every proposed region accepted), then `noisyseg train --method M --trust` on its cleaned labels: "
-                  "the viewer's \"Retrain with decisions\". Dice(cleaned, clean) of the labels it trained on: "
+                  "(every proposed region accepted), then `noisyseg train --method M --trust --from RUN` on its "
+                  "cleaned labels: the viewer's \"Retrain with decisions\". Dice(cleaned, clean) of the labels it trained on: "
                   + "; ".join(f"{r['row'].split(' → ')[0]} {r['cleaned']['dice']:.3f} "
                               f"({_classes(r['cleaned']['dice_per_class'][1:])})" for r in accepted) + ".", ""]
     return "\n".join(lines)
@@ -481,7 +483,8 @@ def main(argv=None) -> int:
     parser.add_argument("--retrain-with-decisions", action="store_true",
                         help="after each method, the viewer's 'Retrain with decisions' with every proposal "
                              "accepted: noisyseg apply --accept-above 0, then the same method on the cleaned "
-                             "labels with --trust: rows '<method> → accept all → <method> (trust)'")
+                             "labels with --trust and --from its run: "
+                             "rows '<method> → accept all → <method> (trust)'")
     parser.add_argument("--against", default=FLOOR,
                         help=f"with --summarise: the row the paired columns compare with (default {FLOOR!r}; "
                              f"e.g. {FLOOR + RETRAIN!r})")

@@ -84,7 +84,7 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path, capsys):
     apply_command = next(c["command"] for c in result["commands"] if c["command"].split()[1] == "apply")
     assert f"--run {work / 'runs' / 'clcs'} " in apply_command and "--accept-above 0 " in apply_command
     assert "--method clcs" in trains[5] and f"--labels {applied / 'cleaned'} " in trains[5]
-    assert f"--trust {applied / 'trust'} " in trains[5]
+    assert f"--trust {applied / 'trust'} --from {work / 'runs' / 'clcs'} " in trains[5]
     assert len(list((applied / "cleaned").iterdir())) == 1 and len(list((applied / "trust").iterdir())) == 1
     # Accepting every proposed region reproduces the first round's corrected labels.
     assert result["rows"][5]["cleaned"] == result["rows"][3]["corrected"]
