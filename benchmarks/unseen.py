@@ -276,14 +276,19 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     return {"split": chosen, "commands": log, "noisy": noisy, "prior": prior, "rows": rows}
 
 
+def _slug(row: str) -> str:
+    """``row`` as a folder name."""
+    return re.sub(r"\W+", "_", row).strip("_")
+
+
 def _run_dir(work: Path, row: str) -> Path:
     """The folder ``noisyseg train`` writes the run of ``row`` to."""
-    return work / "runs" / re.sub(r"\W+", "_", row).strip("_")
+    return work / "runs" / _slug(row)
 
 
 def _applied_dir(work: Path, row: str) -> Path:
     """The folder ``noisyseg apply`` writes the accepted proposals of the run of ``row`` to."""
-    return work / "applied" / re.sub(r"\W+", "_", row).strip("_")
+    return work / "applied" / _slug(row)
 
 
 def _run_row(report: dict, name: str = FLOOR, run: str = "?") -> dict:

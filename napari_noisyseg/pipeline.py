@@ -190,9 +190,7 @@ def train_pairs(loaded: LoadedPairs, config: TrainConfig, events=None, mode: str
     method has ``refit`` (:func:`napari_noisyseg.methods.refit_or_fit`).
     """
     dataset = build_dataset(loaded.images, loaded.labels, loaded.names, modes=mode, trust=trust)
-    if previous is None:
-        return dataset, fit(dataset, config, events)
-    return dataset, refit_or_fit(dataset, config, previous, events)[0]
+    return dataset, refit_or_fit(dataset, config, previous, events)
 
 
 def load_run_result(run_dir, method: str) -> CurationResult:

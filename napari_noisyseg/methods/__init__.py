@@ -41,21 +41,25 @@ def fit(dataset, config: TrainConfig, events=None) -> CurationResult:
     return get_method(config.method).fit(dataset, config, events)
 
 
+def has_refit(method: str) -> bool:
+    """Whether ``method``'s module can warm-start from an earlier result (has ``refit``)."""
+    return callable(getattr(get_method(method), "refit", None))
+
+
 def can_refit(method: str, previous) -> bool:
-    """Whether ``method`` warm-starts (its module has ``refit``) from ``previous``, a
+    """Whether ``method`` warm-starts (:func:`has_refit`) from ``previous``, a
     :class:`CurationResult` of the same method holding its models."""
-    return (callable(getattr(get_method(method), "refit", None)) and previous is not None
-            and previous.method == method and bool(previous.models))
+    return has_refit(method) and previous is not None and previous.method == method and bool(previous.models)
 
 
-def refit_or_fit(dataset, config: TrainConfig, previous=None, events=None) -> tuple[CurationResult, bool]:
+def refit_or_fit(dataset, config: TrainConfig, previous=None, events=None) -> CurationResult:
     """``config.method`` warm-started from ``previous`` (:func:`can_refit`, same classes), else
-    trained afresh; returns ``(result, warm_started)``. The viewer's and ``noisyseg train
-    --from``'s retrain."""
+    trained afresh (also when ``previous`` is None). The viewer's and ``noisyseg train --from``'s
+    retrain."""
     if can_refit(config.method, previous) and dataset.n_classes == previous.n_classes:
-        return get_method(config.method).refit(dataset, config, previous, events), True
-    return fit(dataset, config, events), False
+        return get_method(config.method).refit(dataset, config, previous, events)
+    return fit(dataset, config, events)
 
 
 __all__ = ["REGISTRY", "DEFAULT_METHOD", "CurationResult", "TrainConfig", "available_methods", "can_refit", "fit",
-           "get_method", "refit_or_fit"]
+           "get_method", "has_refit", "refit_or_fit"]

@@ -33,7 +33,9 @@ from qtpy.QtWidgets import (
 
 from ..engine.device import available_devices, resolve_device
 from ..engine.events import EpochEvent, ErrorEvent, StateEvent, StepEvent
-from ..methods import DEFAULT_METHOD, TrainConfig, available_methods, can_refit, fit, get_method, refit_or_fit
+from ..methods import (
+    DEFAULT_METHOD, TrainConfig, available_methods, can_refit, fit, get_method, has_refit, refit_or_fit,
+)
 from .layers import is_overlay_name
 from .plot import TrainingPlot
 from .state import MODES, state_for, unwrap_viewer
@@ -434,13 +436,12 @@ class TrainWidget(QWidget):
                 io.validate_labels(cleaned, f"{pair.labels_name} cleaned", allow_full=True)
             dataset = state.build(inputs, labels=labels, trust=trust)
             state.job_dataset = dataset
-            return dataset, refit_or_fit(dataset, config, previous, progress)[0]
+            return dataset, refit_or_fit(dataset, config, previous, progress)
 
         if warm:
             notes.append(f"Retraining {config.method} from the current models")
         else:
-            has_refit = callable(getattr(get_method(config.method), "refit", None))
-            why = "has no refit" if not has_refit else "has no trained model of its own to start from"
+            why = "has no refit" if not has_refit(config.method) else "has no trained model of its own to start from"
             notes.append(f"Retraining {config.method} from scratch ({config.method} {why})")
         counts = state.session.counts()
         notes.append(f"{int(sum(t.sum() for t in trust))} trusted pixels "
