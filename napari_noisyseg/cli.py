@@ -99,12 +99,14 @@ def cmd_train(args) -> int:
     trusted = f"; {sum(int(t.sum()) for t in trust)} trusted pixels" if trust else ""
     previous, start = None, ""
     if args.from_run:
-        from .methods import can_refit
+        from .methods import warm_start_refusal
         from .pipeline import load_run_result
 
         previous = load_run_result(args.from_run, args.method)
-        start = (f"; starting from the models of {args.from_run}" if can_refit(args.method, previous)
-                 else f"; {args.method} has no warm start (refit): training afresh, as the viewer's Retrain does")
+        n_classes = max(int(label.max(initial=0)) for label in loaded.labels) + 1
+        refusal = warm_start_refusal(args.method, previous, n_classes)
+        start = (f"; training afresh, not from {args.from_run} ({refusal}), as the viewer's Retrain does" if refusal
+                 else f"; starting from the models of {args.from_run}")
     print(f"{len(loaded.names)} image/label pairs; method {args.method}{trusted}{start}", flush=True)
     dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode, trust=trust,
                                   previous=previous)

@@ -255,7 +255,17 @@ def test_retrain_from_a_coseg_run_continues_its_networks(run_2d, tmp_path, capsy
     # A method without a warm start trains afresh and says so; a run of another method is refused.
     code, text, err = run_cli(capsys, "train", "--images", run_2d["images"], "--labels", out / "cleaned", *TRAIN,
                               "--from", run_2d["run"], "--out", tmp_path / "baseline")
-    assert code == 0 and "baseline has no warm start (refit): training afresh" in text, err
+    assert code == 0 and f"training afresh, not from {run_2d['run']} (baseline has no refit)" in text, err
+    # Labels with a class the models lack: trained afresh, and the line printed before training says so.
+    for stem in run_2d["stems"]:
+        cleaned = io.read_labels(out / "cleaned" / f"{stem}.png", allow_full=True)[0].copy()
+        cleaned[:8, :8] = 2
+        io.write_labels(tmp_path / "three" / f"{stem}.png", cleaned)
+    code, text, err = run_cli(capsys, "train", "--images", run_2d["images"], "--labels", tmp_path / "three", *coseg,
+                              "--from", first, "--out", tmp_path / "classes")
+    assert code == 0 and f"not from {first} (the labels hold 3 classes, its models 2)" in text, err
+    history = json.loads((tmp_path / "classes" / "history.json").read_text())["history"]
+    assert history["keep_ratio"][0] == pytest.approx(1.0) and history["stage4_start"] != "previous"
     code, _, err = run_cli(capsys, *retrain, "--from", run_2d["run"], "--out", tmp_path / "other")
     assert code == 2 and f"{run_2d['run']}: trained with method 'baseline', not 'coseg'" in err
     code, _, err = run_cli(capsys, *retrain, "--from", run_2d["labels"], "--out", tmp_path / "none")

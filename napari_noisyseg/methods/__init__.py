@@ -46,20 +46,41 @@ def has_refit(method: str) -> bool:
     return callable(getattr(get_method(method), "refit", None))
 
 
-def can_refit(method: str, previous) -> bool:
-    """Whether ``method`` warm-starts (:func:`has_refit`) from ``previous``, a
-    :class:`CurationResult` of the same method holding its models."""
-    return has_refit(method) and previous is not None and previous.method == method and bool(previous.models)
+def warm_start_refusal(method: str, previous, n_classes: int | None = None) -> str:
+    """Why :func:`refit_or_fit` trains ``method`` afresh instead of continuing ``previous``.
+
+    Parameters
+    ----------
+    method : str
+        The method to run.
+    previous : CurationResult or None
+        The earlier result a retrain would continue.
+    n_classes : int, optional
+        Classes of the labels to train on (largest label + 1, as the dataset counts them);
+        None skips that check.
+
+    Returns
+    -------
+    str
+        "" when it warm-starts, else the reason, for the user.
+    """
+    if not has_refit(method):
+        return f"{method} has no refit"
+    if previous is None or previous.method != method or not previous.models:
+        return f"{method} has no trained model of its own to start from"
+    if n_classes is not None and n_classes != previous.n_classes:
+        return f"the labels hold {n_classes} classes, its models {previous.n_classes}"
+    return ""
 
 
 def refit_or_fit(dataset, config: TrainConfig, previous=None, events=None) -> CurationResult:
-    """``config.method`` warm-started from ``previous`` (:func:`can_refit`, same classes), else
-    trained afresh (also when ``previous`` is None). The viewer's and ``noisyseg train --from``'s
-    retrain."""
-    if can_refit(config.method, previous) and dataset.n_classes == previous.n_classes:
+    """``config.method`` warm-started from ``previous`` where :func:`warm_start_refusal` gives
+    no reason not to, else trained afresh (also when ``previous`` is None). The viewer's and
+    ``noisyseg train --from``'s retrain."""
+    if not warm_start_refusal(config.method, previous, dataset.n_classes):
         return get_method(config.method).refit(dataset, config, previous, events)
     return fit(dataset, config, events)
 
 
-__all__ = ["REGISTRY", "DEFAULT_METHOD", "CurationResult", "TrainConfig", "available_methods", "can_refit", "fit",
-           "get_method", "has_refit", "refit_or_fit"]
+__all__ = ["REGISTRY", "DEFAULT_METHOD", "CurationResult", "TrainConfig", "available_methods", "fit", "get_method",
+           "has_refit", "refit_or_fit", "warm_start_refusal"]

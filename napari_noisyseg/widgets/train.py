@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ..engine.device import available_devices, resolve_device
 from ..engine.events import EpochEvent, ErrorEvent, StateEvent, StepEvent
 from ..methods import (
-    DEFAULT_METHOD, TrainConfig, available_methods, can_refit, fit, get_method, has_refit, refit_or_fit,
+    DEFAULT_METHOD, TrainConfig, available_methods, fit, get_method, refit_or_fit, warm_start_refusal,
 )
 from .layers import is_overlay_name
 from .plot import TrainingPlot
@@ -411,8 +411,9 @@ class TrainWidget(QWidget):
     def retrain(self):
         """Train on the cleaned labels with decided regions and hand edits trusted.
 
-        Starts from the current models when the method has ``refit``; otherwise
-        trains anew and says so.
+        Starts from the current models when the method has ``refit`` and they hold the
+        cleaned labels' classes (:func:`~napari_noisyseg.methods.warm_start_refusal`);
+        otherwise trains anew and says why.
         """
         state = self.state
         if state.session is None or not state.inputs:
@@ -425,7 +426,7 @@ class TrainWidget(QWidget):
         labels = state.session.cleaned_labels()
         trust = state.session.trust_masks()
         previous = state.result
-        warm = can_refit(config.method, previous)
+        refusal = warm_start_refusal(config.method, previous, max(int(c.max(initial=0)) for c in labels) + 1)
         config.preview_samples = self._preview_samples(inputs)
         notes = []
 
@@ -438,11 +439,8 @@ class TrainWidget(QWidget):
             state.job_dataset = dataset
             return dataset, refit_or_fit(dataset, config, previous, progress)
 
-        if warm:
-            notes.append(f"Retraining {config.method} from the current models")
-        else:
-            why = "has no refit" if not has_refit(config.method) else "has no trained model of its own to start from"
-            notes.append(f"Retraining {config.method} from scratch ({config.method} {why})")
+        notes.append(f"Retraining {config.method} from scratch ({refusal})" if refusal
+                     else f"Retraining {config.method} from the current models")
         counts = state.session.counts()
         notes.append(f"{int(sum(t.sum() for t in trust))} trusted pixels "
                      f"({counts['accepted']} accepted, {counts['rejected']} rejected regions).")
