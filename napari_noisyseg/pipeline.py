@@ -19,8 +19,10 @@ from .core.checkpoint import load_checkpoint, save_result, training_patch_size
 from .core.dataset import build_dataset
 from .core.proposals import find_regions, regions_to_csv
 from .engine.device import numeric_path, resolve_device
+from .engine.events import StateEvent, as_progress
 from .engine.infer import predict_many
 from .methods import CurationResult, TrainConfig, fit, refit_or_fit
+from .methods.base import enforce_trust, noise_from_probabilities, reliability_from_noise
 
 
 @dataclass
@@ -469,7 +471,6 @@ def compare_methods(dataset, methods, config_kwargs: dict | None = None, events=
         before any training starts.
     """
     from .core.agreement import MethodAgreement, _check_threshold, pairwise_agreement
-    from .engine.events import StateEvent, as_progress
     from .methods import get_method
 
     methods = resolve_methods(methods)
@@ -636,6 +637,15 @@ def write_comparison(out_dir, loaded: LoadedPairs, dataset, comparison: Comparis
 # ----------------------------------------------------------------------------- predict
 
 
+def _checkpoint_probabilities(checkpoint, dataset, torch_device, precision="auto") -> list:
+    """The checkpoint's final model's class probabilities for every sample of ``dataset``
+    (each ``(n_classes, *sample shape)``, float32) on ``torch_device``."""
+    path = numeric_path(torch_device, precision)
+    model = checkpoint.model.to(torch_device, memory_format=path.memory_format(4))
+    return predict_many(model, [s.image for s in dataset.samples], path, multiple=2**model.depth,
+                        min_size=training_patch_size(checkpoint))
+
+
 def predict_images(model_path, loaded: LoadedPairs, device="auto", precision="auto") -> list:
     """Segment images with a saved model; one integer label array per image."""
     checkpoint = load_checkpoint(Path(model_path) / "model.safetensors" if Path(model_path).is_dir() else model_path)
@@ -647,13 +657,59 @@ def predict_images(model_path, loaded: LoadedPairs, device="auto", precision="au
         raise io.InputError(
             f"the model expects {checkpoint.in_channels}-channel images, these have {dataset.in_channels}"
         )
-    torch_device, _ = resolve_device(device)
-    path = numeric_path(torch_device, precision)
-    model = checkpoint.model.to(torch_device, memory_format=path.memory_format(4))
-    multiple = 2 ** model.depth
-    probabilities = predict_many(model, [s.image for s in dataset.samples], path, multiple=multiple,
-                                 min_size=training_patch_size(checkpoint))
+    probabilities = _checkpoint_probabilities(checkpoint, dataset, resolve_device(device)[0], precision)
     return dataset.reassemble([p.argmax(0).astype(np.int32) for p in probabilities])
+
+
+def predict_result(checkpoint, dataset, device: str = "auto", precision: str = "auto", events=None):
+    """A :class:`~napari_noisyseg.methods.base.CurationResult` from a loaded checkpoint.
+
+    The checkpoint's final model predicts every sample; noise = 1 − p(given
+    label), corrected = argmax, as the baseline does. Trusted pixels are kept.
+
+    Parameters
+    ----------
+    checkpoint : :class:`~napari_noisyseg.core.checkpoint.Checkpoint`
+    dataset : NoisyDataset
+    events : Progress, callable or None
+        Gets a ``StateEvent("predicting")``; a stop request before prediction
+        returns nothing (None).
+
+    Raises
+    ------
+    ValueError
+        The model does not fit the data (channels or classes).
+    """
+    progress = as_progress(events)
+    if dataset.in_channels != checkpoint.in_channels:
+        raise ValueError(
+            f"the model expects {checkpoint.in_channels}-channel images, the image has {dataset.in_channels}"
+        )
+    if dataset.n_classes > checkpoint.n_classes:
+        raise ValueError(
+            f"the labels have classes up to {dataset.n_classes - 1} but the model predicts "
+            f"{checkpoint.n_classes} classes (0..{checkpoint.n_classes - 1})"
+        )
+    torch_device, note = resolve_device(device)
+    progress.emit(StateEvent("predicting", note or f"Predicting with the loaded {checkpoint.method} model."))
+    if progress.stop_requested:
+        return None
+    probabilities = _checkpoint_probabilities(checkpoint, dataset, torch_device, precision)
+    noise = [noise_from_probabilities(p, s.labels) for p, s in zip(probabilities, dataset.samples)]
+    corrected = [p.argmax(0).astype(np.int64) for p in probabilities]
+    noise, corrected = enforce_trust(dataset, noise, corrected)
+    reliability = [reliability_from_noise(n, s.labels, c) for n, s, c in zip(noise, dataset.samples, corrected)]
+    try:
+        config = TrainConfig.from_dict(checkpoint.config)
+    except (TypeError, ValueError):
+        config = TrainConfig(method=checkpoint.method)
+    progress.emit(StateEvent("done", "Prediction finished."))
+    return CurationResult(
+        method=checkpoint.method, probabilities=probabilities, noise=noise, corrected=corrected,
+        sample_reliability=np.asarray(reliability, np.float64), history={"loaded": True},
+        models=checkpoint.models, config=config, final_model=checkpoint.final_model,
+        n_classes=checkpoint.n_classes, in_channels=checkpoint.in_channels, device_note=note,
+    )
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -1,4 +1,4 @@
-"""The curation model (core.curation): regions, decisions, hand edits, undo, trust, log, export.
+"""The curation model (core.curation): regions, decisions, hand edits, undo, trust, log; its export (core.export).
 
 Headless: no Qt, no napari. Small arrays with known answers, plus crops of the
 BBBC039 sample data for the round trips through a real (tiny) training.
@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 
 from napari_noisyseg.core import io
-from napari_noisyseg.core.curation import (
-    LOG_COLUMNS,
-    CurationSession,
-    export_session,
-    export_targets,
-    predict_result,
-    read_decisions,
-)
+from napari_noisyseg.core.curation import LOG_COLUMNS, CurationSession, read_decisions
+from napari_noisyseg.core.export import export_session, export_targets
+from napari_noisyseg.pipeline import predict_result
 
 
 # ----------------------------------------------------------------------------- fixtures

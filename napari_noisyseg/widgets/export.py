@@ -1,6 +1,6 @@
 """Export dock widget: cleaned labels, noise maps, the curation log and the model.
 
-Files are written by :func:`napari_noisyseg.core.curation.export_session`
+Files are written by :func:`napari_noisyseg.core.export.export_session`
 through the atomic writers of :mod:`napari_noisyseg.core.io`; nothing is
 replaced unless "overwrite" is ticked (then the whole export is checked first,
 so a refused export writes nothing). NIfTI exports reuse the affine the reader
@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.curation import export_session, export_targets
+from ..core.export import export_session, export_targets
 from .state import state_for, unwrap_viewer
 
 FORMATS = {

@@ -452,7 +452,7 @@ class TrainWidget(QWidget):
     def load_model(self, path):
         """Load a checkpoint and predict the chosen pairs with it (in the worker)."""
         from ..core.checkpoint import load_checkpoint
-        from ..core.curation import predict_result
+        from ..pipeline import predict_result
 
         try:
             inputs = self.state.snapshot(self.pairs())
