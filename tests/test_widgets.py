@@ -488,6 +488,27 @@ def test_coseg_retrain_starts_from_the_current_models(viewer, qtbot):
     assert train.state.result.method == "coseg"
 
 
+def test_a_loaded_coseg_model_retrains_warm_and_a_new_class_trains_afresh(viewer, qtbot, tmp_path):
+    """Yesterday's saved Co-Seg model, loaded today, is what Retrain continues; a class its
+    models lack (painted on cleaned) makes Retrain start afresh, and its note says so first."""
+    train = _train_widget(viewer, epochs=2, preview_every=0)
+    train.method.setCurrentIndex(train.method.findData("coseg"))
+    _run(qtbot, train)
+    path = train.save_model(tmp_path / "coseg.safetensors")
+    job = train.load_model(path)
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=60000)
+    assert job.outcome.error is None and train.state.result.history.get("loaded")
+    _run(qtbot, train, button=train.retrain_button)
+    assert "Retraining coseg from the current models" in train.status.text()
+    assert train.state.result.history["stage4_start"] == "previous"
+
+    cleaned = viewer.layers["crop labels cleaned"]
+    cleaned.data_setitem((np.array([0, 0]), np.array([0, 0]), np.array([0, 1])), 2)  # a new class by hand
+    _run(qtbot, train, button=train.retrain_button)
+    assert "Retraining coseg from scratch (the labels hold 3 classes, its models 2)" in train.status.text()
+    assert train.state.result.n_classes == 3 and train.state.result.history["stage4_start"] != "previous"
+
+
 def test_closing_the_labels_layer_mid_training_loses_nothing(viewer, qtbot):
     from napari.utils.notifications import notification_manager
 
