@@ -49,7 +49,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
     "dice_per_class",
@@ -408,6 +407,8 @@ def noise_detection_scores(
         if sub_truth.all() or not sub_truth.any():  # a very rare class can vanish from a subsample
             auroc = ap = float("nan")
         else:
+            # scikit-learn costs about 2 s of every command's start; only noise scoring needs it
+            from sklearn.metrics import average_precision_score, roc_auc_score
             auroc = float(roc_auc_score(sub_truth, sub_scores))
             ap = float(average_precision_score(sub_truth, sub_scores))
 

@@ -159,7 +159,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 
 from ..core.metrics import to_json_safe
 from ..engine.ema import EMATeacher
@@ -285,6 +284,8 @@ def fit_loss_mixture(losses, max_samples: int = 200_000, seed: int = 0) -> LossM
     if values.size > max_samples:
         values = np.random.default_rng(seed).choice(values, size=int(max_samples), replace=False)
     x = ((values - low) / (high - low))[:, np.newaxis]
+    # scikit-learn costs about 2 s of every command's start; only the per-class mixture needs it
+    from sklearn.mixture import GaussianMixture
     gmm = GaussianMixture(
         n_components=2, covariance_type="diag", max_iter=50, tol=1e-3, reg_covar=REG_COVAR, random_state=seed,
     ).fit(x)

@@ -278,7 +278,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 from torch.nn import functional as F
 
 from ..core import metrics
@@ -422,6 +421,8 @@ def estimate_noisy_fraction(losses, max_fraction: float = MAX_AUTO_EPSILON, seed
         source = "too few samples" if values.size < MIN_AUTO_SAMPLES else "one group"
         return {**out, "epsilon": FALLBACK_EPSILON if source == "too few samples" else 0.0, "source": source}
     x = values[:, np.newaxis]
+    # scikit-learn costs about 2 s of every command's start; only the ε estimate needs it
+    from sklearn.mixture import GaussianMixture
     fits = [GaussianMixture(n_components=k, random_state=seed, reg_covar=1e-6).fit(x) for k in (1, 2)]
     bic = [float(f.bic(x)) for f in fits]
     order = np.argsort(fits[1].means_.ravel())
