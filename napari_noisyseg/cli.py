@@ -218,7 +218,7 @@ def _format_table(report: dict) -> str:
 
 def cmd_evaluate(args) -> int:
     from .core import io
-    from .pipeline import evaluate_folders
+    from .evaluation import evaluate_folders
 
     if bool(args.noise) != bool(args.noise_truth):
         raise SystemExit("--noise and --noise-truth go together")

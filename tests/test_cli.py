@@ -189,6 +189,20 @@ def test_evaluate_report(pipeline_2d, capsys):
     assert code == 0 and "mean foreground Dice: 1.0000" in out
 
 
+def test_evaluate_and_methods_start_without_their_heavy_imports(pipeline_2d):
+    """Scoring never loads torch, and listing methods never loads scikit-learn: each costs
+    seconds of every command's start."""
+    script = ("import sys; from napari_noisyseg.cli import main; code = main(sys.argv[1:]); "
+              "print('loaded:', *sorted(m for m in ('torch', 'sklearn') if m in sys.modules)); sys.exit(code)")
+    evaluate = subprocess.run([sys.executable, "-c", script, "evaluate", "--pred", str(pipeline_2d["labels"]),
+                               "--truth", str(pipeline_2d["labels"])], capture_output=True, text=True, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert "mean foreground Dice: 1.0000" in evaluate.stdout and "torch" not in evaluate.stdout.split("loaded:")[1]
+    listed = subprocess.run([sys.executable, "-c", script, "methods"], capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0 and "coseg" in listed.stdout, listed.stderr
+    assert "sklearn" not in listed.stdout.split("loaded:")[1]
+
+
 def test_evaluate_scores_an_all_foreground_prediction_and_refuses_such_truth(pipeline_2d, tmp_path, capsys):
     full = tmp_path / "full"
     truth_paths = sorted(Path(pipeline_2d["labels"]).iterdir())
