@@ -56,7 +56,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from .pipeline import simulate_folder
+    from .simulation import simulate_folder
 
     summary = simulate_folder(
         args.labels, args.noise, args.out, fraction=args.fraction, severity=args.severity,
@@ -72,7 +72,8 @@ def cmd_simulate(args) -> int:
 
 def cmd_train(args) -> int:
     from .methods import TrainConfig
-    from .pipeline import check_new_dir, load_pairs, train_pairs, write_run
+    from .folders import check_new_dir, load_pairs
+    from .pipeline import train_pairs, write_run
 
     config = TrainConfig(
         method=args.method,
@@ -160,9 +161,8 @@ def _format_comparison(document: dict) -> str:
 
 def cmd_compare(args) -> int:
     from .core.dataset import build_dataset
-    from .pipeline import (
-        check_new_dir, compare_methods, load_pairs, resolve_methods, split_method_params, write_comparison,
-    )
+    from .folders import check_new_dir, load_pairs
+    from .pipeline import compare_methods, resolve_methods, split_method_params, write_comparison
 
     methods = resolve_methods(args.methods)  # unknown names: exit 2 before reading anything
     params = split_method_params(_parse_params(args.param), methods)
@@ -188,7 +188,8 @@ def cmd_compare(args) -> int:
 
 def cmd_predict(args) -> int:
     from .core import io
-    from .pipeline import check_new_dir, ensure_new_dir, load_images, predict_images
+    from .folders import check_new_dir, ensure_new_dir, load_images
+    from .pipeline import predict_images
 
     check_new_dir(args.out, args.overwrite)  # fail before predicting, not after it
     loaded = load_images(args.images)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .core import io
 from .core.curation import CurationSession
-from .pipeline import check_new_dir, ensure_new_dir
+from .folders import check_new_dir, ensure_new_dir
 
 RUN_PARTS = ("corrected", "noise", "history.json")
 

@@ -21,162 +21,9 @@ from .core.proposals import find_regions, regions_to_csv
 from .engine.device import numeric_path, resolve_device
 from .engine.events import StateEvent, as_progress
 from .engine.infer import predict_many
+from .folders import LoadedPairs, ensure_new_dir
 from .methods import CurationResult, TrainConfig, fit, refit_or_fit
 from .methods.base import enforce_trust, noise_from_probabilities, reliability_from_noise
-
-
-@dataclass
-class LoadedPairs:
-    """Image/label pairs read from two folders (labels may be None when predicting)."""
-
-    names: list
-    images: list
-    labels: list
-    image_metas: list
-    label_metas: list
-
-
-def load_pairs(images_dir, labels_dir) -> LoadedPairs:
-    """Read and validate every image/label pair of two folders, paired by file stem.
-
-    Raises
-    ------
-    napari_noisyseg.core.io.InputError
-        Unpaired stems, unreadable files, or any pair failing validation;
-        the message names the file.
-    """
-    pairs = io.pair_files(images_dir, labels_dir)
-    loaded = LoadedPairs([], [], [], [], [])
-    for stem, image_path, label_path in pairs:
-        image, image_meta = io.read_image(image_path)
-        labels, label_meta = io.read_labels(label_path)
-        image, labels = io.validate_pair(image, labels, str(image_path), str(label_path))
-        loaded.names.append(stem)
-        loaded.images.append(image)
-        loaded.labels.append(labels)
-        loaded.image_metas.append(image_meta)
-        loaded.label_metas.append(label_meta)
-    return loaded
-
-
-def load_images(images_dir) -> LoadedPairs:
-    """Read and validate every image of a folder (no labels)."""
-    files = io.list_files(images_dir)
-    if not files:
-        raise io.InputError(f"{images_dir}: no supported image files ({', '.join(io.SUPPORTED_EXTENSIONS)})")
-    loaded = LoadedPairs([], [], [], [], [])
-    for path in files:
-        image, meta = io.read_image(path)
-        loaded.names.append(io.split_stem(path)[0])
-        loaded.images.append(image)
-        loaded.labels.append(None)
-        loaded.image_metas.append(meta)
-        loaded.label_metas.append(None)
-    return loaded
-
-
-def _label_shape(image: np.ndarray, in_channels: int) -> tuple:
-    """Spatial shape of an image: channels-last colour only when the model takes colour."""
-    if in_channels > 1 and image.ndim >= 3 and image.shape[-1] in (3, 4):
-        return image.shape[:-1]
-    return image.shape
-
-
-def check_new_dir(path, overwrite: bool) -> Path:
-    """Refuse a non-empty existing folder (unless ``overwrite``) or a file, without creating anything.
-
-    Call it before long work (training) so that a bad ``--out`` fails at once.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is a file, not a folder")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass --overwrite to write into it")
-    return path
-
-
-def ensure_new_dir(path, overwrite: bool) -> Path:
-    """Create ``path``; refuse a non-empty existing folder unless ``overwrite``."""
-    path = check_new_dir(path, overwrite)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-# ----------------------------------------------------------------------------- simulate
-
-
-def simulate_folder(labels_dir, protocol, out_dir, fraction=1.0, severity=1.0, seed=0,
-                    per_slice=False, overwrite=False, images_dir=None, **params) -> dict:
-    """Corrupt every label file of a folder; write noisy labels, true noise masks and parameters.
-
-    Writes ``out/labels/<stem><ext>`` (same format as the input),
-    ``out/noise_mask/<stem>.tif`` (uint8 0/1) and ``out/simulate.json``.
-
-    ``images_dir`` (paired with the labels by file stem) is needed by the
-    ``model_noise`` protocol only, whose weak network trains on and predicts
-    from the images (:mod:`napari_noisyseg.core.model_noise`); other protocols ignore it.
-    """
-    from .core.noise import _parse_protocols, simulate_noise
-
-    protocols = _parse_protocols(protocol)
-    if "model_noise" in protocols:
-        return _simulate_model_noise_folder(labels_dir, protocols, out_dir, fraction, severity, seed,
-                                            per_slice, overwrite, images_dir, **params)
-    files = io.list_files(labels_dir)
-    if not files:
-        raise io.InputError(f"{labels_dir}: no supported label files")
-    out = ensure_new_dir(out_dir, overwrite)
-    clean, metas = [], []
-    for path in files:
-        labels, meta = io.read_labels(path)
-        clean.append(labels)
-        metas.append(meta)
-    run = simulate_noise(clean, protocol, fraction=fraction, severity=severity, seed=seed,
-                         per_slice=per_slice, **params)
-    return _write_simulation(out, files, metas, run, labels_dir, overwrite)
-
-
-def _simulate_model_noise_folder(labels_dir, protocols, out_dir, fraction, severity, seed, per_slice,
-                                 overwrite, images_dir, **params) -> dict:
-    """The ``model_noise`` branch of :func:`simulate_folder`."""
-    from .core.model_noise import resolve_model_noise_params, simulate_model_noise
-
-    if protocols != ["model_noise"]:
-        raise ValueError("model_noise cannot be combined with other protocols in one run; "
-                         "simulate twice (the second run on the first run's labels)")
-    if images_dir is None:
-        raise io.InputError("the model_noise protocol needs the images: pass --images DIR "
-                            "(image files paired with the label files by name)")
-    if per_slice:
-        raise ValueError("--per-slice does not apply to model_noise (3D volumes are already "
-                         "trained and predicted slice by slice)")
-    resolve_model_noise_params(severity, **params)  # refuse unknown parameters before any work
-    loaded = load_pairs(images_dir, labels_dir)
-    out = ensure_new_dir(out_dir, overwrite)
-    run = simulate_model_noise(loaded.images, loaded.labels, fraction=fraction, severity=severity,
-                               seed=seed, names=loaded.names, **params)
-    files = [Path(meta.path) for meta in loaded.label_metas]
-    summary = _write_simulation(out, files, loaded.label_metas, run, labels_dir, overwrite, write_json=False)
-    summary["images"] = str(Path(images_dir).resolve())
-    io.atomic_write_text(out / "simulate.json", json.dumps(summary, indent=2), overwrite=overwrite)
-    return summary
-
-
-def _write_simulation(out, files, metas, run, labels_dir, overwrite, write_json=True) -> dict:
-    """Write a :class:`~napari_noisyseg.core.noise.NoiseRun` in the ``simulate`` layout."""
-    stems = []
-    for path, meta, noisy, mask in zip(files, metas, run.noisy, run.noise_masks):
-        stem, ext = io.split_stem(path)
-        stems.append(stem)
-        io.write_labels(out / "labels" / f"{stem}{ext}", noisy, meta, overwrite=overwrite)
-        io.write_array(out / "noise_mask" / f"{stem}.tif", mask.astype(np.uint8), overwrite=overwrite)
-    summary = run.to_json_dict()
-    summary["files"] = stems
-    summary["source"] = str(Path(labels_dir).resolve())
-    summary["package_version"] = __version__
-    if write_json:
-        io.atomic_write_text(out / "simulate.json", json.dumps(summary, indent=2), overwrite=overwrite)
-    return summary
 
 
 # ----------------------------------------------------------------------------- train
@@ -635,6 +482,13 @@ def write_comparison(out_dir, loaded: LoadedPairs, dataset, comparison: Comparis
 
 
 # ----------------------------------------------------------------------------- predict
+
+
+def _label_shape(image: np.ndarray, in_channels: int) -> tuple:
+    """Spatial shape of an image: channels-last colour only when the model takes colour."""
+    if in_channels > 1 and image.ndim >= 3 and image.shape[-1] in (3, 4):
+        return image.shape[:-1]
+    return image.shape
 
 
 def _checkpoint_probabilities(checkpoint, dataset, torch_device, precision="auto") -> list:

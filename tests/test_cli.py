@@ -189,18 +189,27 @@ def test_evaluate_report(pipeline_2d, capsys):
     assert code == 0 and "mean foreground Dice: 1.0000" in out
 
 
-def test_evaluate_and_methods_start_without_their_heavy_imports(pipeline_2d):
-    """Scoring never loads torch, and listing methods never loads scikit-learn: each costs
-    seconds of every command's start."""
+def test_commands_that_train_nothing_start_without_torch(pipeline_2d, tmp_path):
+    """simulate, apply and evaluate never load torch, and listing methods never loads
+    scikit-learn: each costs seconds of every command's start."""
     script = ("import sys; from napari_noisyseg.cli import main; code = main(sys.argv[1:]); "
               "print('loaded:', *sorted(m for m in ('torch', 'sklearn') if m in sys.modules)); sys.exit(code)")
-    evaluate = subprocess.run([sys.executable, "-c", script, "evaluate", "--pred", str(pipeline_2d["labels"]),
-                               "--truth", str(pipeline_2d["labels"])], capture_output=True, text=True, timeout=300)
-    assert evaluate.returncode == 0, evaluate.stderr
-    assert "mean foreground Dice: 1.0000" in evaluate.stdout and "torch" not in evaluate.stdout.split("loaded:")[1]
-    listed = subprocess.run([sys.executable, "-c", script, "methods"], capture_output=True, text=True, timeout=300)
-    assert listed.returncode == 0 and "coseg" in listed.stdout, listed.stderr
-    assert "sklearn" not in listed.stdout.split("loaded:")[1]
+
+    def loaded(*args) -> list:
+        done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split("loaded:")[1].split()
+
+    assert "torch" not in loaded("simulate", "--labels", pipeline_2d["labels"], "--noise", "erode_dilate",
+                                 "--seed", "1", "--param", "radius=[2,4]", "--out", tmp_path / "sim")
+    np.testing.assert_array_equal(*(io.read_labels(sim / "labels" / f"{pipeline_2d['stems'][0]}.png")[0]
+                                    for sim in (tmp_path / "sim", pipeline_2d["sim"])))  # the same draw as in-process
+    assert "torch" not in loaded("apply", "--run", pipeline_2d["run"], "--labels", pipeline_2d["sim"] / "labels",
+                                 "--accept-above", "0", "--out", tmp_path / "applied")
+    assert len(list((tmp_path / "applied" / "cleaned").iterdir())) == len(pipeline_2d["stems"])
+    assert "torch" not in loaded("evaluate", "--pred", pipeline_2d["labels"], "--truth", pipeline_2d["labels"])
+    assert "sklearn" not in loaded("methods")
 
 
 def test_evaluate_scores_an_all_foreground_prediction_and_refuses_such_truth(pipeline_2d, tmp_path, capsys):
