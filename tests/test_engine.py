@@ -286,7 +286,9 @@ def test_events_are_typed_and_ordered(trained, dataset):
     result, log = trained
     events = log.events
     assert isinstance(events[0], StateEvent) and events[0].state == "starting"
-    assert events[0].message  # says where it trains
+    device, precision = result.history["device"].split("-")  # where it trains, and in which precision
+    assert events[0].message in (f"No GPU found: training on the CPU in {precision}.",
+                                 f"Training on {device}-{precision}.")
     epochs = log.of(EpochEvent)
     assert [e.epoch for e in epochs] == list(range(12))
     assert all(e.total_epochs == 12 and "loss" in e.losses for e in epochs)
