@@ -1,7 +1,10 @@
 """The headless pipeline: the same steps the viewer runs, over folders of files.
 
 The CLI (:mod:`napari_noisyseg.cli`) and the benchmarks call these functions;
-so can a batch script or a server. No Qt, no napari.
+so can a batch script or a server. No Qt, no napari. The steps that train nothing
+live apart, without torch: reading folders (:mod:`napari_noisyseg.folders`),
+simulating noise (:mod:`napari_noisyseg.simulation`) and scoring
+(:mod:`napari_noisyseg.evaluation`).
 """
 
 from __future__ import annotations
