@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the labels it trained on, applies a decision file (CSV or JSON with columns region and decision: accept, "
         "reject or undo; e.g. RUN/proposals.csv with a decision column added, or the curation log of an earlier apply) or accepts every "
         "region with mean likelihood >= --accept-above. Writes OUT/cleaned/<stem> (the labels with the accepted "
-        "changes, same format), OUT/trust/<stem>.tif (1 on decided pixels) and OUT/curation_log.csv/.json. "
+        "changes, same format), OUT/trust/<stem>.tif (1 on decided pixels), OUT/noise/<stem> (the run's noise map in "
+        "the labels' format, TIFF for PNG) and OUT/curation_log.csv/.json. "
         "The given label files are only read.",
         epilog="then retrain with the decisions: noisyseg train --images IMAGES --labels OUT/cleaned "
         "--trust OUT/trust --from RUN --out RUN2",

@@ -11,6 +11,8 @@ writes plus the trust masks a retrain needs:
   (same format as the given labels; NIfTI keeps its affine);
 - ``OUT/trust/<stem>.tif``: uint8, 1 on decided pixels (accepted and rejected
   regions: a rejection says the original label was right);
+- ``OUT/noise/<stem>.<ext>``: the run's noise likelihood (float32) in the labels'
+  format and geometry (TIFF for PNG labels);
 - ``OUT/curation_log.csv`` and ``OUT/curation_log.json``: one row per decision.
 
 ``noisyseg train --labels OUT/cleaned --trust OUT/trust --from RUN`` is then the
@@ -150,10 +152,14 @@ def apply_run_decisions(run_dir, labels_dir, out_dir, decisions=None, accept_abo
     cleaned, trust = session.cleaned_labels(), session.trust_masks()
     ensure_new_dir(out, overwrite)
     files = []
-    for stem, labels, meta, mask in zip(stems, cleaned, metas, trust):
+    for stem, labels, meta, mask, likelihood in zip(stems, cleaned, metas, trust, noise):
         extension = io.split_stem(label_files[stem])[1]
         files.append(io.write_labels(out / "cleaned" / f"{stem}{extension}", labels, meta, overwrite=overwrite))
         files.append(io.write_array(out / "trust" / f"{stem}.tif", mask.astype(np.uint8), overwrite=overwrite))
+        # As the viewer's Export: the labels' format and geometry (a NIfTI map overlays in other viewers).
+        float_extension = ".tif" if extension == ".png" else extension
+        files.append(io.write_float_map(out / "noise" / f"{stem}{float_extension}", likelihood, meta,
+                                        overwrite=overwrite))
     files.append(io.atomic_write_text(out / "curation_log.csv", session.log_csv(), overwrite=overwrite))
     files.append(io.atomic_write_text(out / "curation_log.json", session.log_json(), overwrite=overwrite))
     return {

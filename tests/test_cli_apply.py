@@ -103,6 +103,8 @@ def test_a_decision_file_accepts_and_rejects_exactly_its_regions(run_2d, tmp_pat
                     expected[mask] = corrected[mask]
         np.testing.assert_array_equal(cleaned, expected)
         np.testing.assert_array_equal(trust.astype(bool), expected_trust)
+        # PNG holds no floats: the noise map is TIFF, as in the viewer's Export.
+        np.testing.assert_array_equal(io.read_array(out / "noise" / f"{stem}.tif")[0], run_2d["noise"][stem])
     with open(out / "curation_log.csv", newline="") as handle:
         log = list(csv.DictReader(handle))
     assert [(int(r["region"]), r["decision"]) for r in log] == [(accepted, "accept"), (rejected, "reject")]
@@ -233,6 +235,10 @@ def test_a_3d_nifti_run_applies_and_keeps_the_affine(tmp_path, capsys, mode):
     corrected, _ = io.read_array(run / "corrected" / f"{stem}.tif")
     np.testing.assert_array_equal(cleaned, corrected)
     np.testing.assert_allclose(meta.affine, label_meta.affine)
+    # The noise map as the viewer's Export writes it: NIfTI, the labels' affine, the run's values.
+    noise, noise_meta = io.read_array(out / "noise" / f"{stem}.nii.gz")
+    np.testing.assert_allclose(noise_meta.affine, label_meta.affine)
+    np.testing.assert_array_equal(noise, io.read_array(run / "noise" / f"{stem}.tif")[0])
 
 
 def test_retrain_from_a_coseg_run_continues_its_networks(run_2d, tmp_path, capsys):
