@@ -100,12 +100,12 @@ def cmd_train(args) -> int:
     trusted = f"; {sum(int(t.sum()) for t in trust)} trusted pixels" if trust else ""
     previous, start = None, ""
     if args.from_run:
+        from .core.dataset import class_count
         from .methods import warm_start_refusal
         from .pipeline import load_run_result
 
         previous = load_run_result(args.from_run, args.method)
-        n_classes = max(int(label.max(initial=0)) for label in loaded.labels) + 1
-        refusal = warm_start_refusal(args.method, previous, n_classes)
+        refusal = warm_start_refusal(args.method, previous, class_count(loaded.labels))
         start = (f"; training afresh, not from {args.from_run} ({refusal}), as the viewer's Retrain does" if refusal
                  else f"; starting from the models of {args.from_run}")
     print(f"{len(loaded.names)} image/label pairs; method {args.method}{trusted}{start}", flush=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from .core import io
 from .core.curation import CurationSession
+from .core.export import float_map_format
 from .folders import check_new_dir, ensure_new_dir
 
 RUN_PARTS = ("corrected", "noise", "history.json")
@@ -157,8 +158,7 @@ def apply_run_decisions(run_dir, labels_dir, out_dir, decisions=None, accept_abo
         files.append(io.write_labels(out / "cleaned" / f"{stem}{extension}", labels, meta, overwrite=overwrite))
         files.append(io.write_array(out / "trust" / f"{stem}.tif", mask.astype(np.uint8), overwrite=overwrite))
         # As the viewer's Export: the labels' format and geometry (a NIfTI map overlays in other viewers).
-        float_extension = ".tif" if extension == ".png" else extension
-        files.append(io.write_float_map(out / "noise" / f"{stem}{float_extension}", likelihood, meta,
+        files.append(io.write_float_map(out / "noise" / f"{stem}{float_map_format(extension)}", likelihood, meta,
                                         overwrite=overwrite))
     files.append(io.atomic_write_text(out / "curation_log.csv", session.log_csv(), overwrite=overwrite))
     files.append(io.atomic_write_text(out / "curation_log.json", session.log_json(), overwrite=overwrite))

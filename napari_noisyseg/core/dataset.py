@@ -168,6 +168,12 @@ def _infer_mode(labels: np.ndarray, mode: str) -> str:
     return "volume" if mode in ("auto", "2d") else mode
 
 
+def class_count(labels) -> int:
+    """Classes of a dataset built from ``labels`` (arrays of integer labels): the largest
+    label + 1, and at least 2 (background and one class), as :func:`build_dataset` counts them."""
+    return max(1, *(int(np.asarray(label).max(initial=0)) for label in labels)) + 1
+
+
 def build_dataset(
     images: list[np.ndarray],
     labels: list[np.ndarray],
@@ -216,7 +222,6 @@ def build_dataset(
     samples: list[Sample] = []
     sources: list[Source] = []
     channels = None
-    max_label = 1
     for source_index, (image, label) in enumerate(zip(images, labels)):
         label = np.asarray(label)
         mode = _infer_mode(label, modes[source_index])
@@ -235,7 +240,6 @@ def build_dataset(
             image = normalize_percentile(image)
         label = label.astype(np.int64, copy=True)
         label.setflags(write=False)
-        max_label = max(max_label, int(label.max(initial=0)))
         source_trust = _mask_copy(trust[source_index], label.shape, "trust", names[source_index])
         source_ignore = _mask_copy(ignore[source_index], label.shape, "ignore", names[source_index])
         source = Source(names[source_index], mode, label.shape)
@@ -259,6 +263,7 @@ def build_dataset(
                 )
             )
         sources.append(source)
+    max_label = class_count(labels) - 1
     n_classes = n_classes or max_label + 1
     if max_label >= n_classes:
         raise ValueError(f"labels contain class {max_label} but n_classes is {n_classes}")

@@ -14,12 +14,18 @@ from .curation import CurationSession, safe_name
 LABEL_FORMATS = (".tif", ".png", ".nii.gz", ".npy")
 
 
+def float_map_format(labels_format: str) -> str:
+    """The file extension a float map (the noise likelihood) is written with beside labels
+    written as ``labels_format``: the same, except TIFF for PNG (which holds no floats)."""
+    return ".tif" if labels_format == ".png" else labels_format
+
+
 def export_targets(session: CurationSession, folder, labels_format: str = ".tif",
                    include=("cleaned", "noise", "log_csv", "log_json"), sample_names=None) -> dict:
     """What :func:`export_session` would write: ``{kind: [paths]}`` (nothing is written)."""
     folder = Path(folder)
     labels_format = _format(labels_format)
-    float_format = ".tif" if labels_format == ".png" else labels_format
+    float_format = float_map_format(labels_format)
     targets: dict = {}
     for s, name in enumerate(session.names):
         stem = safe_name(name)

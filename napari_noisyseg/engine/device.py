@@ -37,11 +37,15 @@ class NumericPath:
     grad_scaler: bool
 
     @property
-    def name(self) -> str:
+    def precision(self) -> str:
+        """``"fp32"``, ``"bf16"`` or ``"fp16"``."""
         if self.autocast_dtype is None:
-            return f"{self.device.type}-fp32"
-        kind = "bf16" if self.autocast_dtype == torch.bfloat16 else "fp16"
-        return f"{self.device.type}-{kind}"
+            return "fp32"
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp16"
+
+    @property
+    def name(self) -> str:
+        return f"{self.device.type}-{self.precision}"
 
     def autocast(self):
         """Context manager for the forward pass (a no-op for float32)."""

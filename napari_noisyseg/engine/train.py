@@ -92,7 +92,7 @@ class TrainingRun:
         patches = sum(patches_per_sample(shape, self.patch_size) for shape in shapes)
         self.steps_per_epoch = max(1, math.ceil(patches / config.batch_size))
         # The numeric path too: on a CPU without bf16 instructions training runs in fp32, 2-3x slower.
-        where = f"{self.device_note.rstrip('.')} in {self.path.name.split('-')[-1]}." if self.device_note else None
+        where = f"{self.device_note.rstrip('.')} in {self.path.precision}." if self.device_note else None
         self.progress.emit(StateEvent("starting", where or f"Training on {self.path.name}."))
 
     # ----- budget and stopping -------------------------------------------------

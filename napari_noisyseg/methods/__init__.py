@@ -56,7 +56,7 @@ def warm_start_refusal(method: str, previous, n_classes: int | None = None) -> s
     previous : CurationResult or None
         The earlier result a retrain would continue.
     n_classes : int, optional
-        Classes of the labels to train on (largest label + 1, as the dataset counts them);
+        Classes of the labels to train on (:func:`~napari_noisyseg.core.dataset.class_count`);
         None skips that check.
 
     Returns

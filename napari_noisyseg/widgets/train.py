@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.dataset import class_count
 from ..engine.device import available_devices, resolve_device
 from ..engine.events import EpochEvent, ErrorEvent, StateEvent, StepEvent
 from ..methods import (
@@ -426,7 +427,7 @@ class TrainWidget(QWidget):
         labels = state.session.cleaned_labels()
         trust = state.session.trust_masks()
         previous = state.result
-        refusal = warm_start_refusal(config.method, previous, max(int(c.max(initial=0)) for c in labels) + 1)
+        refusal = warm_start_refusal(config.method, previous, class_count(labels))
         config.preview_samples = self._preview_samples(inputs)
         notes = []
 
