@@ -360,13 +360,18 @@ def test_time_budget_stops_on_time(dataset):
     """``minutes=0.1``: no step starts after the budget (less the 15 % kept for predictions).
 
     Asserted from event times rather than a fixed wall-clock bound, so that a loaded
-    machine (slow steps) cannot make it flaky.
+    machine (slow steps) cannot make it flaky. The first step is held up by 1.5 s, as
+    one-off costs (kernel warm-up) hold up a real first epoch: the epoch plan must
+    not stay the one the first epoch's speed made, which would end training at
+    about a third of the budget.
     """
     times, epochs = [], []
 
     def listen(event):
         if isinstance(event, StepEvent):
             times.append(time.perf_counter())
+            if len(times) == 1:
+                time.sleep(1.5)
         elif isinstance(event, EpochEvent):
             epochs.append(event)
 
@@ -378,12 +383,13 @@ def test_time_budget_stops_on_time(dataset):
     assert times and result.history["steps"] == len(times)
     # Every step began (right after the previous step's event) before the budget ran out ...
     assert all(t - start <= training_budget for t in times[:-1])
-    # ... and training went on until the time was up or the epoch plan (made from the
-    # first epoch's duration) was done.
-    planned = epochs[-1].total_epochs
-    assert all(e.total_epochs == planned for e in epochs[1:])
+    # ... and training went on until the time was up: either a step was cut by the budget,
+    # or the re-estimated plan ended with less than one epoch's time left.
     longest_step = max(np.diff([start] + times))
-    assert len(epochs) == planned or times[-1] - start >= training_budget - longest_step - 0.5
+    assert len(epochs) >= 2
+    longest_epoch = max(np.diff([e.elapsed_s for e in epochs]))  # after the held-up first
+    assert (training_budget - epochs[-1].elapsed_s <= longest_epoch + 0.5
+            or times[-1] - start >= training_budget - longest_step - 0.5)
     assert result.stopped is False  # running out of time is not a user stop
     assert wall < 60.0  # a hang would be caught
     assert [p.shape for p in result.probabilities] == [(2, 128, 128)] * 3

@@ -215,6 +215,28 @@ def test_stop_ends_training_within_a_second_and_training_again_works(viewer, qtb
     assert not second.outcome.stopped and train.state.session.round == 2
 
 
+def test_a_minutes_budget_trains_until_the_time_is_up(viewer, qtbot):
+    """The minutes budget: the status gives the epoch plan as an estimate (≈), and the
+    run trains until its time is up (less the share kept for the final predictions)."""
+    from napari_noisyseg.engine.events import EpochEvent
+    from napari_noisyseg.engine.train import PREDICTION_RESERVE
+
+    train = _train_widget(viewer, preview_every=0)
+    qtbot.mouseClick(train.by_minutes, _left())
+    train.minutes.setValue(0.1)
+    assert train.config().minutes == pytest.approx(0.1) and train.config().epochs is None
+    statuses = []
+    train.state.job_started.connect(lambda job: job.event.connect(
+        lambda e: statuses.append(train.status.text()) if isinstance(e, EpochEvent) else None))
+    job, events = _run(qtbot, train)
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    assert len(epochs) >= 2 and statuses[0].startswith("Epoch 1/≈")
+    training_time = 0.1 * 60 * (1 - PREDICTION_RESERVE)
+    longest = max(np.diff([0.0] + [e.elapsed_s for e in epochs]))
+    assert training_time - epochs[-1].elapsed_s <= longest + 0.5
+    assert "crop labels cleaned" in viewer.layers
+
+
 def test_bad_input_is_a_notification_naming_the_layer(viewer, qtbot):
     from napari.utils.notifications import notification_manager
 

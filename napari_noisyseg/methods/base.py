@@ -22,7 +22,8 @@ class TrainConfig:
         Epoch budget. Ignored when ``minutes`` is set.
     minutes : float or None
         Wall-time budget; the number of epochs is planned from the speed of the
-        first steps, and training also stops when the time is up.
+        last epochs, re-estimated at the end of each, and training also stops
+        when the time is up. 15 % of it is kept for the final predictions.
     device : str
         ``auto`` (cuda → mps → cpu), ``cuda``, ``mps`` or ``cpu``.
     precision : str

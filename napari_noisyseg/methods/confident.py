@@ -70,10 +70,11 @@ The method costs about what the baseline costs with the same config. With
 ``epochs = E`` (counted in passes over the whole dataset), each fold model gets
 F = max(1, round(E·(1 − s)/(K − 1))) epochs over its (K−1)/K of the data and the
 final model R = max(1, round(E·s)) epochs, s = ``retrain_share`` (0 when
-``retrain="none"``): K·F·(K−1)/K + R ≈ E. Under ``minutes`` the same split is
-applied to the time the first epoch measured. The out-of-fold predictions cost one
-prediction pass over the dataset in all (each sample is predicted by one fold
-model; in the band fallback, by each fold model once).
+``retrain="none"``): K·F·(K−1)/K + R ≈ E. Under ``minutes`` F is set from the
+epoch plan the first epoch measured, and the final model trains until the time
+is up. The out-of-fold predictions cost one prediction pass over the dataset in
+all (each sample is predicted by one fold model; in the band fallback, by each
+fold model once).
 
 Parameters (``DEFAULTS``)
 -------------------------
@@ -377,9 +378,19 @@ def fit(dataset, config, events=None):
     epoch, phase = 0, None
     final_epochs_done = 0
     optimizer = None
+    schedule = None  # (fold epochs, final epochs); under a time budget, set from the first measured plan
+
+    def run_end() -> int:
+        end = n_folds * schedule[0] + schedule[1]
+        if run.config.minutes and share > 0:
+            end = max(end, run.planned_epochs())  # the final model trains until the time is up
+        return end
+
     while not run.should_stop():
-        fold_epochs, final_epochs = fold_schedule(_budget_units(run, n_folds), n_folds, share)
-        if epoch >= n_folds * fold_epochs + final_epochs:
+        if schedule is None or (run.config.minutes and epoch <= 1):
+            schedule = fold_schedule(_budget_units(run, n_folds), n_folds, share)
+        fold_epochs = schedule[0]
+        if epoch >= run_end():
             break
         new_phase = min(epoch // fold_epochs, n_folds)
         if new_phase != phase:
@@ -394,7 +405,7 @@ def fit(dataset, config, events=None):
                 confident_learning()
                 state["model"], optimizer = run.new_model(seed_offset=n_folds)
                 models["final"] = state["model"]
-                run.lr_phase(optimizer, epoch, final_epochs)
+                run.lr_phase(optimizer, epoch, lambda start=epoch: run_end() - start)
         if phase < n_folds:
             _train_epoch(run, state["model"], optimizer, scaler, epoch, oof.training_samples(phase),
                          fold_extras, preview, mask_fold=phase if fold_extras else None)
@@ -422,7 +433,7 @@ def fit(dataset, config, events=None):
         "folds": n_folds,
         "fold_kind": fold_kind,
         "fold_of_sample": [int(np.bincount(m.ravel().astype(np.int64)).argmax()) for m in fold_maps],
-        "fold_epochs": fold_schedule(_budget_units(run, n_folds), n_folds, share)[0],
+        "fold_epochs": (schedule or fold_schedule(_budget_units(run, n_folds), n_folds, share))[0],
         "final_epochs": final_epochs_done,
         "thresholds": [None if not math.isfinite(t) else float(t) for t in cl["thresholds"]],
         **_flag_summary(labels, cl["flagged"], valid, dataset.n_classes),

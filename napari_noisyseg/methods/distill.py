@@ -500,10 +500,12 @@ def fit(dataset, config, events=None):
         noise = [pixel_noise(p, dataset.samples[i].labels)[0] for p, i in zip(probabilities, indices)]
         return noise, [p.argmax(0) for p in probabilities]
 
+    warm_end = None  # the epoch the robust phase started at: kept, as a time budget's plan can still grow
     for epoch in run.epochs():
-        warm = warmup_epochs(run, params["warmup_fraction"])
-        robust = epoch >= warm
-        if robust and (maps is None or (epoch - warm) % int(params["refresh_every"]) == 0):
+        if warm_end is None and epoch >= warmup_epochs(run, params["warmup_fraction"]):
+            warm_end = epoch
+        robust = warm_end is not None
+        if robust and (maps is None or (epoch - warm_end) % int(params["refresh_every"]) == 0):
             mean = mc_mean(run, teacher.model, int(params["mc_samples"]), interruptible=True)
             if mean is None:
                 break
@@ -552,5 +554,6 @@ def fit(dataset, config, events=None):
         history_extra={"final_image_scores": [float(s) for s in final["scores"]],
                        "final_class_recall": to_json_safe(final["class_recall"]),
                        "final_judged_classes": learnt_class_ids(final["learnt"]),
-                       "warmup_epochs": warmup_epochs(run, params["warmup_fraction"])},
+                       "warmup_epochs": warm_end if warm_end is not None
+                       else warmup_epochs(run, params["warmup_fraction"])},
     )
