@@ -124,13 +124,14 @@ stage1_ratio : float
     ``minutes`` budget stage 1 gets ``0.6 / 1.6`` of the planned epochs (the plan
     counts stage-1 epochs while stage 1 runs, so up to 37 % of the time; less where
     the first, slower epoch already ends it: one of 15 epochs in a 3-minute run on
-    the four sample images), and the retraining trains until the time is up. Earlier the budget was split 60 / 40, so
-    the fresh stage-4 network trained 40 % of what the baseline did and lost to it
-    at every budget the benchmark used (quick BBBC039 erode/dilate, 64 steps in
-    all, seeds 0 / 1 / 2: 0.944 / 0.594 / 0.295 against the floor's 0.843 / 0.769 /
-    0.891; full mode 0.745 against 0.885). With the whole budget for stage 4 the
-    same quick runs gave 0.850 / 0.942 / 0.837 (Dice(corrected, clean) 0.862 /
-    0.880 / 0.874 against 0.79 given).
+    the four sample images), and the retraining trains until the time is up.
+    Earlier the budget was split 60 / 40, so the fresh stage-4 network trained
+    40 % of what the baseline did and lost to it at every budget the benchmark
+    used (quick BBBC039 erode/dilate, 64 steps in all, seeds 0 / 1 / 2: 0.944 /
+    0.594 / 0.295 against the floor's 0.843 / 0.769 / 0.891; full mode 0.745
+    against 0.885). With the whole budget for stage 4 the same quick runs gave
+    0.850 / 0.942 / 0.837 (Dice(corrected, clean) 0.862 / 0.880 / 0.874 against
+    0.79 given).
 reliable_window : int
     Stage-1 epochs the reliable subset looks back on (3).
 correct_reliable : bool
