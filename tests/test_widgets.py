@@ -237,6 +237,30 @@ def test_a_minutes_budget_trains_until_the_time_is_up(viewer, qtbot):
     assert "crop labels cleaned" in viewer.layers
 
 
+def test_a_short_dock_scrolls_instead_of_squeezing_its_rows(viewer, qtbot):
+    """Docks stacked on a small screen get less height than the Train widget needs: its rows
+    keep their minimum height (nothing drawn clipped) and the content scrolls."""
+    from qtpy.QtWidgets import QApplication, QWidget
+
+    from napari_noisyseg.widgets.controls import ScrollingPanel
+
+    train = _dock(viewer, "Train")
+    dock = train.parentWidget()
+    while dock is not None and not hasattr(dock, "setFloating"):
+        dock = dock.parentWidget()
+    dock.setFloating(True)
+    dock.resize(QWidget.width(dock), 300)
+    qtbot.waitUntil(lambda: QWidget.height(dock) <= 320, timeout=5000)
+    QApplication.processEvents()
+    panel = train.findChild(ScrollingPanel)
+    assert panel.verticalScrollBar().isVisible() and panel.verticalScrollBar().maximum() > 0
+    for row in (train.budget, train.method, train.epochs, train.train_button):
+        assert QWidget.height(row) >= row.minimumSizeHint().height(), row
+    panel.verticalScrollBar().setValue(panel.verticalScrollBar().maximum())  # the user scrolls down
+    QApplication.processEvents()
+    assert not train.plot.visibleRegion().isEmpty()
+
+
 def test_bad_input_is_a_notification_naming_the_layer(viewer, qtbot):
     from napari.utils.notifications import notification_manager
 

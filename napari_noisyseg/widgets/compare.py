@@ -37,7 +37,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -47,7 +46,7 @@ from ..methods import TrainConfig, available_methods
 from .layers import is_overlay_name
 from .state import state_for, unwrap_viewer
 from .train import PairRow
-from .controls import BudgetPicker, Collapsible, spin
+from .controls import BudgetPicker, Collapsible, scrolling_layout, spin
 from .worker import warm_up
 
 #: Ticked when the widget opens (the default method and the out-of-fold detector).
@@ -75,7 +74,7 @@ class CompareWidget(QWidget):
 
     # ----- layout ---------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         self.pair = PairRow()
         self.pair.remove.hide()
         layout.addWidget(self.pair)

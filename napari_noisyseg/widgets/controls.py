@@ -1,18 +1,67 @@
-"""Small Qt controls shared by the Train and Compare widgets."""
+"""Small Qt controls shared by the plugin's widgets."""
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QRadioButton,
+    QScrollArea,
     QSpinBox,
     QToolButton,
+    QVBoxLayout,
     QWidget,
 )
+
+
+class ScrollingPanel(QScrollArea):
+    """A frameless, vertical-only scroll area around a dock widget's content.
+
+    Docks stacked on the right of a screen get less height than their content needs;
+    Qt then either grows the window past the screen (the demo's window was 1732 px
+    tall on a 1024-px screen) or squeezes rows below their minimum and draws spin
+    boxes clipped. Here a dock may shrink to ``MIN_HEIGHT`` and its content scrolls.
+    """
+
+    MIN_HEIGHT = 240  # px
+
+    def __init__(self, content: QWidget):
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(content)
+        content.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt API
+        # A scroll area does not pass its content's new size hints on to the dock's layout.
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+    def _scrollbar_width(self) -> int:
+        return self.verticalScrollBar().sizeHint().width()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API; the content's, not QScrollArea's 24-line cap
+        hint = self.widget().sizeHint()
+        return QSize(hint.width() + self._scrollbar_width(), hint.height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        hint = self.widget().minimumSizeHint()
+        return QSize(hint.width() + self._scrollbar_width(), min(hint.height(), self.MIN_HEIGHT))
+
+
+def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+    """The vertical layout for ``widget``'s content, inside a :class:`ScrollingPanel` filling it."""
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    content = QWidget()
+    outer.addWidget(ScrollingPanel(content))
+    return QVBoxLayout(content)
 
 
 def spin(low: int, high: int, value: int, step: int = 1) -> QSpinBox:

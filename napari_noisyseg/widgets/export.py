@@ -22,11 +22,11 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..core.export import export_session, export_targets
+from .controls import scrolling_layout
 from .state import state_for, unwrap_viewer
 
 FORMATS = {
@@ -57,7 +57,7 @@ class ExportWidget(QWidget):
         self._update()
 
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         form = QFormLayout()
         folder_row = QHBoxLayout()
         self.folder = QLineEdit(str(Path.cwd() / "noisyseg_export"))

@@ -30,10 +30,10 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
+from .controls import scrolling_layout
 from .layers import KIND_COLOURS, camera_of, canvas_size
 from .state import state_for, unwrap_viewer
 
@@ -75,7 +75,7 @@ class ReviewWidget(QWidget):
 
     # ----- layout ---------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         top = QHBoxLayout()
         top.addWidget(QLabel("Sort by"))
         self.sort = QComboBox()

@@ -40,7 +40,7 @@ from ..methods import (
 from .layers import is_overlay_name
 from .plot import TrainingPlot
 from .state import MODES, state_for, unwrap_viewer
-from .controls import BudgetPicker, Collapsible, spin
+from .controls import BudgetPicker, Collapsible, scrolling_layout, spin
 from .worker import warm_up
 
 PREFERRED_METHOD = "coseg"
@@ -132,7 +132,7 @@ class TrainWidget(QWidget):
 
     # ----- layout ---------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
 
         data = QGroupBox("Data")
         data_layout = QVBoxLayout(data)
