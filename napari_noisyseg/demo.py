@@ -30,6 +30,13 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+# Two docks on the right, each with two tabs, in the workflow's order: Train (or Compare
+# methods, the other way to get proposals), then Review (then Export, the last step). Four
+# docks stacked made the window 1732 px tall on a 1024-px screen; the widgets scroll in a
+# short dock (widgets.controls.ScrollingPanel), but two docks leave each more to show.
+DOCK_LAYOUT = (("Train", "Compare methods"), ("Review", "Export"))
+
+
 def widget_names() -> list[str]:
     """Display names of the dock widgets in the plugin's manifest (maybe none yet)."""
     import npe2
@@ -41,18 +48,42 @@ def widget_names() -> list[str]:
 
 
 def build_viewer(sample: str = "nuclei_2d", show: bool = True):
-    """A viewer with ``sample`` opened and every plugin dock widget docked."""
+    """A viewer with ``sample`` opened and every plugin dock widget docked (``DOCK_LAYOUT``)."""
     import napari
 
     viewer = napari.Viewer(title=f"NoisySeg demo: {sample}", show=show)
     viewer.open_sample(PLUGIN, sample)
-    for name in widget_names():
-        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    names = widget_names()
+    tabs = [name for group in DOCK_LAYOUT for name in group]
+    # napari tabifies a new dock with the last one added, so each group is added in a row.
+    names.sort(key=lambda name: tabs.index(name) if name in tabs else len(tabs))
+    tabbed = {name for group in DOCK_LAYOUT for name in group[1:]}
+    docks = {}
+    for name in names:
+        docks[name], _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in tabbed)
+    from qtpy.QtCore import QTimer
+
+    # Once the window is laid out: raising a tab earlier leaves the last one added in front.
+    QTimer.singleShot(0, lambda: _arrange(viewer, [d for n, d in docks.items() if n not in tabbed]))
     # The labels to curate are the selected layer; show it over the image.
     for layer in viewer.layers:
         if layer.name.endswith(" labels"):
             viewer.layers.selection.active = layer
     return viewer
+
+
+def _arrange(viewer, stacked: list) -> None:
+    """Bring the stacked docks (each group's first tab) to the front and share the height
+    between them as their content asks."""
+    from qtpy.QtCore import Qt
+
+    window = getattr(viewer.window, "_qt_window", None)
+    if window is None:  # closed before the timer fired
+        return
+    for dock in stacked:
+        dock.raise_()
+    heights = [dock.widget().sizeHint().height() for dock in stacked]
+    window.resizeDocks(stacked, heights, Qt.Orientation.Vertical)
 
 
 def _save_and_quit(viewer, path: Path, status: dict) -> None:

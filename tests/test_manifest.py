@@ -292,3 +292,33 @@ def test_demo_screenshot(tmp_path, sample):
     rgb = shot[..., :3].reshape(-1, 3)
     assert rgb.std() > 10, "the screenshot is blank"
     assert len(np.unique(rgb, axis=0)) > 50, "the screenshot has almost no detail"
+
+
+@pytest.mark.gui  # skipped without a display (see conftest.py)
+def test_demo_docks_two_tabbed_groups(qtbot):
+    """The demo stacks two docks: Train with Compare as its tab, Review with Export as its
+    tab, the first of each in front."""
+    from qtpy.QtWidgets import QDockWidget
+
+    from napari_noisyseg.demo import build_viewer
+
+    viewer = build_viewer(show=True)
+    try:
+        widgets = {name.split(" (")[0]: widget for name, widget in viewer.window.dock_widgets.items()}
+        assert set(widgets) == {"Train", "Review", "Export", "Compare methods"}
+
+        def dock_of(widget):
+            while not isinstance(widget, QDockWidget):
+                widget = widget.parentWidget()
+            return widget
+
+        docks = {name: dock_of(widget) for name, widget in widgets.items()}
+        window = viewer.window._qt_window
+        qtbot.waitUntil(lambda: docks["Compare methods"] in window.tabifiedDockWidgets(docks["Train"]), timeout=5000)
+        assert docks["Export"] in window.tabifiedDockWidgets(docks["Review"])
+        assert docks["Review"] not in window.tabifiedDockWidgets(docks["Train"])
+        for front, behind in (("Train", "Compare methods"), ("Review", "Export")):
+            qtbot.waitUntil(lambda: not widgets[front].visibleRegion().isEmpty(), timeout=5000)
+            assert widgets[behind].visibleRegion().isEmpty()
+    finally:
+        viewer.close()
