@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         napari.run()
         return 0
 
+    # The whole screen, not the size napari saved from its last window (a test's small
+    # virtual screen, say), so that the screenshot shows the same layout every time.
+    window = viewer.window._qt_window
+    window.setGeometry(window.screen().availableGeometry())
     status = {"rc": 1}
     QTimer.singleShot(max(0, args.wait_ms), lambda: _save_and_quit(viewer, args.screenshot, status))
     napari.run(force=True)

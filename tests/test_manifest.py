@@ -278,6 +278,7 @@ def test_demo_screenshot(tmp_path, sample):
     target = tmp_path / f"{sample}.png"
     env = dict(os.environ)
     env.pop("QT_QPA_PLATFORM", None)  # a real window, on the current DISPLAY
+    env["NAPARI_CONFIG"] = str(tmp_path / "settings.yaml")  # napari saves its window here, not the user's
     proc = subprocess.run(
         [sys.executable, "-m", "napari_noisyseg.demo", "--sample", sample,
          "--screenshot", str(target)],
