@@ -261,6 +261,25 @@ def test_a_short_dock_scrolls_instead_of_squeezing_its_rows(viewer, qtbot):
     assert not train.plot.visibleRegion().isEmpty()
 
 
+def test_the_status_names_a_class_the_network_has_not_learnt(viewer, qtbot):
+    """One epoch on labels with a few pixels of a third class: the status says that class is
+    not learnt yet, with its IoU, rather than leaving "0 regions" unexplained."""
+    from napari_noisyseg.widgets.train import unlearnt_note
+
+    labels = viewer.layers["crop labels"]
+    painted = np.array(labels.data)
+    painted[0, :6, :6] = 2
+    viewer.add_labels(painted, name="three classes")
+    train = _train_widget(viewer, epochs=1, preview_every=0)
+    train.set_pair(0, "crop image", "three classes")
+    _run(qtbot, train)
+    iou = train.state.result.history["iou"][-1]
+    assert iou[2] is not None and iou[2] < 0.1
+    assert f"class 2 (IoU {iou[2]:.2f})" in train.status.text()
+    assert unlearnt_note({"iou": [[0.9, 0.8, 0.5]]}) == ""
+    assert unlearnt_note({}) == ""
+
+
 def test_bad_input_is_a_notification_naming_the_layer(viewer, qtbot):
     from napari.utils.notifications import notification_manager
 

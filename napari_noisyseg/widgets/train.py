@@ -44,6 +44,7 @@ from .controls import BudgetPicker, Collapsible, scrolling_layout, spin
 from .worker import warm_up
 
 PREFERRED_METHOD = "coseg"
+UNLEARNT_IOU = 0.1  # a class whose training IoU is below this at the end is named in the status
 MODE_LABELS = {
     "auto": "auto",
     "2d": "2D image",
@@ -83,6 +84,23 @@ def parse_params(text: str) -> dict:
         except json.JSONDecodeError:
             params[key] = value
     return params
+
+
+def unlearnt_note(history: dict, below: float = UNLEARNT_IOU) -> str:
+    """A sentence naming the classes whose last training IoU is under ``below`` ('' if none).
+
+    Most methods correct only the classes their networks have learnt, so after a short
+    run the user should know why a class has no proposals (or unreliable ones).
+    """
+    curve = (history or {}).get("iou") or []
+    last = curve[-1] if curve else None
+    if not last:
+        return ""
+    unlearnt = [(k, v) for k, v in enumerate(last) if k > 0 and v is not None and v < below]
+    if not unlearnt:
+        return ""
+    names = ", ".join(f"class {k} (IoU {v:.2f})" for k, v in unlearnt)
+    return f"Not learnt yet: {names}; its proposals are missing or unreliable, train longer."
 
 
 class PairRow(QWidget):
@@ -596,7 +614,8 @@ class TrainWidget(QWidget):
         if result.device_note:
             parts.append(result.device_note)
         parts.append(f"{pending} regions to review.")
-        self._set_status(" ".join(parts))
+        parts.append(unlearnt_note(result.history))
+        self._set_status(" ".join(p for p in parts if p))
 
     def _close_progress(self) -> None:
         if self._progress is not None:
