@@ -38,6 +38,7 @@ class EpochEvent:
     losses: dict
     metrics: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
+    total_is_estimate: bool = False  # under a time budget ``total_epochs`` is re-estimated every epoch
 
 
 @dataclass

@@ -275,7 +275,8 @@ class TrainingRun:
             self.history[key].append(value)
         if self.config.minutes:
             self._replan(epoch)
-        self.progress.emit(EpochEvent(epoch, self.planned_epochs(), record, {**metrics, **extra}, self.elapsed))
+        self.progress.emit(EpochEvent(epoch, self.planned_epochs(), record, {**metrics, **extra}, self.elapsed,
+                                      total_is_estimate=bool(self.config.minutes)))
         return record
 
     def _replan(self, epoch: int) -> None:
