@@ -423,6 +423,32 @@ def test_training_run_budget_helpers(dataset):
         as_progress(42)
 
 
+def test_closing_reserve_grows_to_what_a_timed_prediction_needs(dataset):
+    """A time budget keeps 15 % for the closing predictions until a prediction over most of
+    the samples is timed; then ``closing_passes`` such passes (or the method's own timing
+    of its closing work) plus a tenth, never more than half of the budget."""
+    from napari_noisyseg.engine.train import MAX_PREDICTION_RESERVE
+
+    assert TrainingRun(dataset, small_config(epochs=3)).closing_reserve() == 0.0  # an epoch budget keeps none
+    run = TrainingRun(dataset, small_config(epochs=None, minutes=1.0))
+    least = PREDICTION_RESERVE * 60.0
+    assert run.closing_reserve() == pytest.approx(least)
+    run.closing_passes = 8
+    run.note_prediction(5.0, [0])  # one crop of three: a preview, dominated by fixed costs
+    assert run.closing_reserve() == pytest.approx(least)
+    run.note_prediction(3.0, [0, 1, 2], passes=2)  # 1.5 s a pass: 8 passes need 12 s, plus a tenth
+    assert run.closing_reserve() == pytest.approx(1.1 * 8 * 1.5)
+    run.note_closing(20.0)  # the method timed its closing work (a refresh the end repeats)
+    assert run.closing_reserve() == pytest.approx(22.0)
+    run.note_closing(100.0)
+    assert run.closing_reserve() == pytest.approx(MAX_PREDICTION_RESERVE * 60.0)
+    run.closing_passes, run._closing_seconds = 1, 0.0
+    assert run.closing_reserve() == pytest.approx(least)  # one 1.5-s pass fits in the 15 %
+    model, _ = run.new_model()
+    run.predict(model, flip_tta=True)  # a real prediction is timed too (three 128-pixel crops: milliseconds)
+    assert run._seconds_per_pass is not None and run._seconds_per_pass < 1.5
+
+
 def test_cosine_schedule_decays_each_phase_to_zero(dataset):
     """lr_schedule="cosine": the rate follows a half cosine over each optimiser's phase
     (the run by default), step by step; "constant" never touches it."""

@@ -653,6 +653,7 @@ def fit(dataset, config, events=None):
     last_correction = None
     periods = []
     flip = bool(params["flip_tta"])
+    run.closing_passes = 2 if flip else 1
 
     def preview(indices):
         probabilities = run.predict(model, indices)

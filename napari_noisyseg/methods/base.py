@@ -23,7 +23,9 @@ class TrainConfig:
     minutes : float or None
         Wall-time budget; the number of epochs is planned from the speed of the
         last epochs, re-estimated at the end of each, and training also stops
-        when the time is up. 15 % of it is kept for the final predictions.
+        when the time is up. At least 15 % of it is kept for the final
+        predictions; more (up to half) once a timed prediction shows that the
+        method's closing passes need it (Distill's Monte-Carlo maps).
     device : str
         ``auto`` (cuda → mps → cpu), ``cuda``, ``mps`` or ``cpu``.
     precision : str

@@ -513,6 +513,7 @@ def fit(dataset, config, events=None):
     model_a, _ = run.new_model(seed_offset=0, up_mode="transpose")
     model_b, _ = run.new_model(seed_offset=1, up_mode="bilinear")
     models = (model_a, model_b)
+    run.closing_passes = 2
     optimizer = torch.optim.AdamW(
         list(model_a.parameters()) + list(model_b.parameters()),
         lr=config.learning_rate, weight_decay=config.weight_decay,

@@ -155,6 +155,7 @@ final_judge : {"teacher", "student"}, "teacher"
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,7 +163,6 @@ import torch
 
 from ..core.metrics import to_json_safe
 from ..engine.ema import EMATeacher
-from ..engine.infer import predict_many
 from ..engine.losses import ce_dice_loss, masked_mean, soft_ce_map, soft_dice_per_sample
 from ..engine.train import TrainingRun
 from .base import class_recall, learnt_class_ids, learnt_classes, result_from_run, unlearnt_pixels
@@ -191,7 +191,6 @@ MIN_FIT_PIXELS = 16
 # Added to each component's variance, in normalised loss units (DivideMix's value): a
 # spike of identical tiny losses cannot collapse the clean component to a point.
 REG_COVAR = 5e-4
-MAX_SINGLE_TILE = 1024
 LOSS_FLOOR = 1e-6  # probabilities are clipped here before the log: the largest loss is ~13.8
 
 
@@ -393,15 +392,6 @@ def cleansed_targets(labels: np.ndarray, clean: np.ndarray, teacher: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- helpers
-def predict_samples(run, models, **kwargs) -> list:
-    """Probabilities (K, H, W) float32 of every sample, one tile per sample up to 1024 px."""
-    largest = max(max(sample.shape) for sample in run.dataset.samples)
-    tile = max(512, run.patch_size, min(largest, MAX_SINGLE_TILE))
-    images = [sample.image for sample in run.dataset.samples]
-    return predict_many(models, images, run.path, tile=tile, multiple=run.multiple, batch_size=4,
-                        min_size=run.patch_size, **kwargs)
-
-
 def cleanse(run, judge, teacher, params: dict, seed: int, interruptible: bool = False) -> dict | None:
     """Run both modules with the current networks: mixtures, w, p̂ and soft targets per sample.
 
@@ -412,7 +402,7 @@ def cleanse(run, judge, teacher, params: dict, seed: int, interruptible: bool = 
     """
     dataset = run.dataset
     stop = (lambda: run.should_stop()) if interruptible else (lambda: False)
-    judge_probabilities = predict_samples(run, judge)
+    judge_probabilities = run.predict_whole(judge)
     losses = [pixel_losses(p, s.labels) for p, s in zip(judge_probabilities, dataset.samples)]
     predicted = [p.argmax(0) for p in judge_probabilities]
     recall = class_recall(predicted, dataset)
@@ -428,7 +418,7 @@ def cleanse(run, judge, teacher, params: dict, seed: int, interruptible: bool = 
                  for w, y, s in zip(clean, predicted, dataset.samples)]
     if stop():
         return None
-    teacher_probabilities = predict_samples(run, teacher, flip_tta=True)
+    teacher_probabilities = run.predict_whole(teacher, flip_tta=True)
     targets = [cleansed_targets(s.labels, w, p, threshold)
                for s, w, p in zip(dataset.samples, clean, teacher_probabilities)]
     filtered = []
@@ -538,10 +528,10 @@ def fit(dataset, config, events=None):
     teacher = EMATeacher(student, decay=float(params["ema_decay"]))
     scaler = run.make_scaler()
     state = None
+    run.closing_passes = 3  # the judge once, the teacher with its flip
 
     def preview(indices):
-        images = [dataset.samples[i].image for i in indices]
-        probabilities = predict_many(student, images, run.path, multiple=run.multiple, min_size=run.patch_size)
+        probabilities = run.predict(student, indices)
         noise = [1.0 - np.take_along_axis(p, dataset.samples[i].labels[None].clip(0, p.shape[0] - 1), 0)[0]
                  for p, i in zip(probabilities, indices)]
         student.train()
@@ -555,7 +545,10 @@ def fit(dataset, config, events=None):
             warm_end = epoch
         robust = warm_end is not None
         if robust and (state is None or (epoch - warm_end) % int(params["refresh_every"]) == 0):
+            started = time.perf_counter()
             state = cleanse(run, student, teacher.model, params, config.seed + 7919 * epoch, interruptible=True)
+            if state is not None:
+                run.note_closing(time.perf_counter() - started)  # the final cleanse repeats this work
             if state is None or run.should_stop():
                 break
         student.train()

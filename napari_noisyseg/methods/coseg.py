@@ -703,6 +703,7 @@ def _fit(dataset, config, events, previous):
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = run.make_scaler()
     record = SelectionRecord(len(dataset))
+    run.closing_passes = 2  # f and g; the retrained network alone once stage 4 starts
     state = {"stage": 1, "stage1_end": None, "t_k": None, "epsilon": _initial_epsilon(params, previous, warm),
              "epsilon_estimate": None}
 
@@ -730,6 +731,7 @@ def _fit(dataset, config, events, previous):
                 stage4 = _prepare_stage4(run, dataset, params, record, model_f, model_g, previous)
                 run.lr_phase(stage4["optimizer"], epoch, lambda start=epoch: run.planned_epochs() - start)
                 state["stage"] = 4
+                run.closing_passes = 1
             else:
                 t_k = effective_t_k(params["t_k"], end)
                 state["t_k"] = t_k

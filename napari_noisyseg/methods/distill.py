@@ -115,7 +115,7 @@ into batches through ``extras``), refreshed every ``refresh_every`` epochs
 sampling, and the estimate sees whole images rather than padded, augmented
 patches; the teacher moves slowly anyway). ``run.predict``'s overlapping
 512-pixel tiles would cost 3.6 s per pass here instead of 1.2 s, hence the
-single-tile :func:`predict_samples`. A refresh stops between two dropout samples
+single-tile :meth:`~napari_noisyseg.engine.train.TrainingRun.predict_whole`. A refresh stops between two dropout samples
 when a stop is requested.
 
 Parameters (``TrainConfig.params``)
@@ -186,6 +186,8 @@ judge_recall : float, 0.5
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -193,7 +195,6 @@ from torch.nn import functional as F
 
 from ..core.metrics import to_json_safe
 from ..engine.ema import EMATeacher
-from ..engine.infer import predict_many
 from ..engine.losses import ce_dice_loss, masked_mean, soft_ce_map, soft_dice_per_sample
 from ..engine.train import TrainingRun
 from ..engine.unet import set_dropout
@@ -221,9 +222,6 @@ DEFAULTS: dict = {
 }
 
 IMAGE_SELECT = ("fraction", "outliers")
-# Whole samples up to this side are predicted in one tile (far faster than
-# overlapping 512-pixel tiles for the usual 500-1000 pixel microscopy images).
-MAX_SINGLE_TILE = 1024
 
 
 # ----------------------------------------------------------------------------- pure maths
@@ -360,31 +358,32 @@ def robust_dice(logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- helpers
-def prediction_tile(run) -> int:
-    """Tile side for whole-sample predictions: one tile per sample up to ``MAX_SINGLE_TILE``."""
-    largest = max(max(sample.shape) for sample in run.dataset.samples)
-    return max(512, run.patch_size, min(largest, MAX_SINGLE_TILE))
+class DropoutMean:
+    """The mean of ``samples`` dropout passes over every sample, for the teacher as it was at ``step``.
 
-
-def predict_samples(run, models, **kwargs) -> list:
-    """Probabilities (K, H, W) float32 of every sample (see :func:`predict_many`)."""
-    images = [sample.image for sample in run.dataset.samples]
-    return predict_many(models, images, run.path, tile=prediction_tile(run), multiple=run.multiple,
-                        batch_size=4, min_size=run.patch_size, **kwargs)
-
-
-def mc_mean(run, model, samples: int, interruptible: bool = False) -> list | None:
-    """Mean of ``samples`` dropout passes of ``model`` over every sample, (K, H, W) float32 each.
-
-    With ``interruptible`` it returns None as soon as a stop is requested between passes.
+    A refresh that a stop or the time budget interrupts keeps its passes, and the
+    closing maps continue them when the teacher has not moved since (no step was
+    taken), rather than starting again.
     """
-    total = None
-    for _ in range(max(1, samples)):
-        if interruptible and run.should_stop():
-            return None
-        probabilities = predict_samples(run, model, mc_dropout=1)
-        total = probabilities if total is None else [a + b for a, b in zip(total, probabilities)]
-    return [(t / max(1, samples)).astype(np.float32) for t in total]
+
+    def __init__(self, samples: int, step: int):
+        self.samples, self.step = max(1, int(samples)), step
+        self.total: list | None = None
+        self.count = 0
+
+    def add(self, run, model, interruptible: bool = False) -> bool:
+        """Run the passes still missing; False when interrupted (``interruptible``) before the last."""
+        while self.count < self.samples:
+            if interruptible and run.should_stop():
+                return False
+            probabilities = run.predict_whole(model, mc_dropout=1)
+            self.total = probabilities if self.total is None else [a + b for a, b in zip(self.total, probabilities)]
+            self.count += 1
+        return True
+
+    def mean(self) -> list:
+        """(K, H, W) float32 per sample."""
+        return [(t / self.count).astype(np.float32) for t in self.total]
 
 
 def teacher_maps(run, mean_probabilities: list, band: int, learnt_recall: float = 0.0) -> dict:
@@ -493,10 +492,11 @@ def fit(dataset, config, events=None):
     n_classes, band = dataset.n_classes, int(params["band"])
     maps, weights = None, None
     selected = np.zeros(len(dataset), bool)
+    run.closing_passes = int(params["mc_samples"])
+    passes = None  # the last refresh's dropout passes
 
     def preview(indices):
-        probabilities = predict_many(teacher.model, [dataset.samples[i].image for i in indices], run.path,
-                                     tile=prediction_tile(run), multiple=run.multiple, min_size=run.patch_size)
+        probabilities = run.predict_whole(teacher.model, indices, batch_size=16)
         noise = [pixel_noise(p, dataset.samples[i].labels)[0] for p, i in zip(probabilities, indices)]
         return noise, [p.argmax(0) for p in probabilities]
 
@@ -506,10 +506,12 @@ def fit(dataset, config, events=None):
             warm_end = epoch
         robust = warm_end is not None
         if robust and (maps is None or (epoch - warm_end) % int(params["refresh_every"]) == 0):
-            mean = mc_mean(run, teacher.model, int(params["mc_samples"]), interruptible=True)
-            if mean is None:
+            started = time.perf_counter()
+            passes = DropoutMean(params["mc_samples"], run.global_step)
+            if not passes.add(run, teacher.model, interruptible=True):
                 break
-            maps = teacher_maps(run, mean, band, params["learnt_recall"])
+            run.note_closing(time.perf_counter() - started)  # the closing maps repeat this work
+            maps = teacher_maps(run, passes.mean(), band, params["learnt_recall"])
             selected = select_noisy_images(maps["scores"], params["image_fraction"], params["image_select"])
             weights = training_weights(run, maps, selected)
         student.train()
@@ -542,7 +544,10 @@ def fit(dataset, config, events=None):
             learnt_classes=learnt_class_ids(maps["learnt"]) if robust else None,
         )
 
-    mean = mc_mean(run, teacher.model, int(params["mc_samples"]))
+    if passes is None or passes.step != run.global_step:  # the teacher moved since the last refresh
+        passes = DropoutMean(params["mc_samples"], run.global_step)
+    passes.add(run, teacher.model)
+    mean = passes.mean()
     final = teacher_maps(run, mean, band, params["judge_recall"])
     noise, corrected = curation_outputs(run, mean, final, params["correct_threshold"], params["correct_on"])
     reliability = 1.0 - np.clip(final["scores"], 0.0, 1.0)
