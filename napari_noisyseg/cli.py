@@ -39,7 +39,7 @@ def _print_epoch(event) -> None:
         losses = " ".join(f"{k}={v:.4f}" for k, v in event.losses.items())
         iou = event.metrics.get("iou")
         iou_text = " iou=" + ",".join("-" if v is None else f"{v:.3f}" for v in iou) if iou else ""
-        print(f"epoch {event.epoch + 1}/{event.total_epochs} {losses}{iou_text} ({event.elapsed_s:.0f} s)", flush=True)
+        print(f"epoch {event.count_text} {losses}{iou_text} ({event.elapsed_s:.0f} s)", flush=True)
     elif isinstance(event, StateEvent) and event.message:
         print(event.message, flush=True)
 

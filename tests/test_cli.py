@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -285,6 +286,19 @@ def test_missing_label_exit_2_naming_the_image(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--images", tmp_path / "nowhere", "--labels", labels, *TRAIN,
                            "--out", tmp_path / "run")
     assert code == 2 and "nowhere" in err
+
+
+def test_a_minutes_budget_prints_its_epoch_plan_as_an_estimate(tmp_path, capsys):
+    """Under --minutes the run re-plans its epochs as it learns its speed: the printed
+    total carries "≈" (an --epochs run prints an exact total, test_3d_nifti_volume_...)."""
+    images, labels, _ = _bbbc_folder(tmp_path, count=2)
+    train = [a for a in TRAIN if a != "--quiet"]
+    train[train.index("--epochs"):train.index("--epochs") + 2] = ["--minutes", "0.05"]
+    code, out, err = run_cli(capsys, "train", "--images", images, "--labels", labels, *train, "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "epoch 1/≈" in out and not re.search(r"epoch \d+/\d", out)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    assert history["closing_reserve_s"] == pytest.approx(0.15 * 3.0)  # one short pass fits in the 15 %
 
 
 def test_non_empty_out_is_refused_without_overwrite(tmp_path, capsys):

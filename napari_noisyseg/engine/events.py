@@ -40,6 +40,11 @@ class EpochEvent:
     elapsed_s: float = 0.0
     total_is_estimate: bool = False  # under a time budget ``total_epochs`` is re-estimated every epoch
 
+    @property
+    def count_text(self) -> str:
+        """``"3/12"``, or ``"3/≈12"`` where the total is a time budget's estimate."""
+        return f"{self.epoch + 1}/{'≈' if self.total_is_estimate else ''}{self.total_epochs}"
+
 
 @dataclass
 class PreviewEvent:

@@ -297,7 +297,7 @@ class CompareWidget(QWidget):
             self._set_status(event.message)
         elif isinstance(event, EpochEvent):
             self.progress.setFormat(f"{self._methods_seen}/{self.progress.maximum()}: "
-                                    f"epoch {event.epoch + 1}/{event.total_epochs}")
+                                    f"epoch {event.count_text}")
         elif isinstance(event, ErrorEvent):
             self._fail(event.message)
 

@@ -575,8 +575,7 @@ class TrainWidget(QWidget):
             loss = event.losses.get("loss", next(iter(event.losses.values()), float("nan")))
             iou = event.metrics.get("iou") or []
             iou_text = ", ".join("–" if v is None else f"{v:.2f}" for v in iou)
-            about = "≈" if event.total_is_estimate else ""
-            self._set_status(f"Epoch {event.epoch + 1}/{about}{event.total_epochs}: loss {loss:.4f}; "
+            self._set_status(f"Epoch {event.count_text}: loss {loss:.4f}; "
                              f"IoU per class [{iou_text}]; {event.elapsed_s:.0f} s")
             bar = self._progress  # napari may process events inside these calls: keep a local
             if bar is not None:
