@@ -14,7 +14,7 @@ import pytest
 
 from napari_noisyseg.core import io
 from napari_noisyseg.core.curation import LOG_COLUMNS, CurationSession, read_decisions
-from napari_noisyseg.core.export import export_session, export_targets
+from napari_noisyseg.core.export import export_session, export_stems, export_targets
 from napari_noisyseg.pipeline import predict_result
 
 
@@ -337,6 +337,15 @@ def test_export_writes_what_the_log_says_and_never_overwrites(session, tmp_path)
     assert (out / "curation_log.csv").read_bytes() == marker  # nothing written
     export_session(session, out, ".tif", overwrite=True)
     assert (out / "curation_log.csv").read_bytes() != marker
+
+
+def test_exports_are_named_after_the_labels_file_where_there_is_one():
+    """napari names a second layer of the same file stem "x [1]": the export keeps the file's
+    own stem; drawn labels keep their layer name; clashing file stems fall back to layer names."""
+    assert export_stems(["hippocampus_001 [1]", "drawn labels"], ["hippocampus_001", None]) == [
+        "hippocampus_001", "drawn_labels"]
+    assert export_stems(["a [1]", "a [2]"], ["a", "a"]) == ["a_1", "a_2"]
+    assert export_stems(["nuclei labels"]) == ["nuclei_labels"]
 
 
 def test_export_png_per_slice_and_nifti_with_affine(session, tmp_path):

@@ -458,6 +458,29 @@ def test_export_writes_what_the_log_says(viewer, qtbot, tmp_path):
     assert _hash(original.data) == before
 
 
+def test_export_of_labels_opened_from_a_file_is_named_after_the_file(viewer, qtbot, tmp_path):
+    """An image and its labels saved under one name in two folders (the Decathlon / nnU-Net
+    layout) open as "crop_01" and "crop_01 [1]"; the export is crop_01_cleaned.tif."""
+    from napari_noisyseg.core import io
+
+    crop = viewer.layers["crop image"].data[0], viewer.layers["crop labels"].data[0]
+    image_path = io.write_array(tmp_path / "images" / "crop_01.tif", np.asarray(crop[0], np.float32))
+    labels_path = io.write_labels(tmp_path / "labels" / "crop_01.tif", np.asarray(crop[1]))
+    viewer.open(str(image_path), plugin=PLUGIN)
+    viewer.open(str(labels_path), plugin=PLUGIN)
+    assert "crop_01" in viewer.layers and "crop_01 [1]" in viewer.layers
+    train = _train_widget(viewer, epochs=1, preview_every=0)
+    train.set_pair(0, "crop_01", "crop_01 [1]")
+    _run(qtbot, train)
+    export = _dock(viewer, "Export")
+    export._update()
+    assert "crop_01_cleaned.tif" in export.preview.text()
+    written = export.export(folder=tmp_path / "out", labels_format=".tif", include=("cleaned", "noise"))
+    assert sorted(p.name for p in written) == ["crop_01_cleaned.tif", "crop_01_noise.tif"]
+    cleaned, _ = io.read_labels(tmp_path / "out" / "crop_01_cleaned.tif")
+    np.testing.assert_array_equal(cleaned, train.state.session.cleaned[0])
+
+
 def test_save_and_load_model(viewer, qtbot, tmp_path):
     from napari.utils.notifications import notification_manager
 

@@ -20,15 +20,40 @@ def float_map_format(labels_format: str) -> str:
     return ".tif" if labels_format == ".png" else labels_format
 
 
+def export_stems(names, file_stems=None) -> list[str]:
+    """The stem each source's files are named with: its labels file's own stem where it came
+    from a file, else its layer name.
+
+    An image and its labels saved under one name (``imagesTr/hippocampus_001.nii.gz`` and
+    ``labelsTr/hippocampus_001.nii.gz``) open in napari as ``hippocampus_001`` and
+    ``hippocampus_001 [1]``; the export is ``hippocampus_001_cleaned.nii.gz``, not
+    ``hippocampus_001_1_cleaned.nii.gz``. Where two files' stems would clash, every
+    source is named after its layer.
+
+    Parameters
+    ----------
+    names : list of str
+        Layer names, one per source.
+    file_stems : list of (str or None), optional
+        Per source, its labels file's stem (None: no file).
+    """
+    file_stems = list(file_stems) if file_stems is not None else [None] * len(names)
+    stems = [safe_name(file_stem or name) for name, file_stem in zip(names, file_stems)]
+    return stems if len(set(stems)) == len(stems) else [safe_name(name) for name in names]
+
+
 def export_targets(session: CurationSession, folder, labels_format: str = ".tif",
-                   include=("cleaned", "noise", "log_csv", "log_json"), sample_names=None) -> dict:
-    """What :func:`export_session` would write: ``{kind: [paths]}`` (nothing is written)."""
+                   include=("cleaned", "noise", "log_csv", "log_json"), sample_names=None,
+                   file_stems=None) -> dict:
+    """What :func:`export_session` would write: ``{kind: [paths]}`` (nothing is written).
+
+    ``file_stems``: see :func:`export_stems`.
+    """
     folder = Path(folder)
     labels_format = _format(labels_format)
     float_format = float_map_format(labels_format)
     targets: dict = {}
-    for s, name in enumerate(session.names):
-        stem = safe_name(name)
+    for s, stem in enumerate(export_stems(session.names, file_stems)):
         if "cleaned" in include:
             if labels_format == ".png" and session.given[s].ndim == 3:
                 names = _slice_names(session, s, sample_names)
@@ -66,7 +91,7 @@ def _slice_names(session, s, sample_names=None) -> list[str]:
 
 def export_session(session: CurationSession, folder, labels_format: str = ".tif",
                    include=("cleaned", "noise", "log_csv", "log_json"), metas=None, result=None,
-                   overwrite: bool = False, checkpoint_extra: dict | None = None) -> list[Path]:
+                   overwrite: bool = False, checkpoint_extra: dict | None = None, file_stems=None) -> list[Path]:
     """Write the cleaned labels, noise maps, curation log and model of a session.
 
     Parameters
@@ -85,6 +110,9 @@ def export_session(session: CurationSession, folder, labels_format: str = ".tif"
         Needed for ``checkpoint``.
     overwrite : bool
         Without it, nothing is written when any target exists (the error lists them).
+    file_stems : list of (str or None), optional
+        Per source, the stem of the labels file it came from: files are named after
+        it rather than the layer (:func:`export_stems`).
 
     Returns
     -------
@@ -103,7 +131,7 @@ def export_session(session: CurationSession, folder, labels_format: str = ".tif"
     include = tuple(include)
     if "checkpoint" in include and (result is None or not getattr(result, "models", None)):
         raise ValueError("no trained model to save: train or load a model first")
-    targets = export_targets(session, folder, labels_format, include)
+    targets = export_targets(session, folder, labels_format, include, file_stems=file_stems)
     if not overwrite:
         existing = [str(p) for paths in targets.values() for p in paths if p.exists()]
         if existing:

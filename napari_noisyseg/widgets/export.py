@@ -118,13 +118,21 @@ class ExportWidget(QWidget):
             self.export_button.setEnabled(False)
             return
         include = tuple(k for k in self.include() if k != "checkpoint" or has_model)
-        targets = export_targets(session, self.folder.text(), self.format.currentData(), include)
+        targets = export_targets(session, self.folder.text(), self.format.currentData(), include,
+                                 file_stems=self._file_stems())
         files = [p for paths in targets.values() for p in paths]
         counts = session.counts()
         names = ", ".join(p.name for p in files[:6]) + (f" … ({len(files)} files)" if len(files) > 6 else "")
         self.preview.setText(f"{counts['accepted']} accepted, {counts['rejected']} rejected, "
                              f"{len(session.log)} log rows. Writes: {names}")
         self.export_button.setEnabled(bool(files))
+
+    def _file_stems(self) -> list | None:
+        """Per source, the stem of the labels file it was opened from (None for drawn labels)."""
+        session, inputs = self.state.session, self.state.inputs
+        if session is None or [pair.labels_name for pair in inputs] != list(session.names):
+            return None
+        return [pair.file_stem for pair in inputs]
 
     def export(self, folder=None, labels_format=None, include=None, overwrite=None) -> list:
         """Write the export; returns the written paths (empty on error, with a notification)."""
@@ -143,7 +151,7 @@ class ExportWidget(QWidget):
         metas = [pair.meta for pair in self.state.inputs] if len(self.state.inputs) == len(session.names) else None
         try:
             written = export_session(session, folder, labels_format, include, metas=metas,
-                                     result=self.state.result, overwrite=overwrite)
+                                     result=self.state.result, overwrite=overwrite, file_stems=self._file_stems())
         except (OSError, ValueError) as error:
             message = f"Export failed: {error}"
             self.status.setText(message)

@@ -42,6 +42,13 @@ class PairInput:
     mode: str
     geometry: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    labels_path: str | None = None  # the file the labels layer was opened from, if any
+
+    @property
+    def file_stem(self) -> str | None:
+        """The labels file's name without its extension (``hippocampus_001`` for
+        ``hippocampus_001.nii.gz``), None for labels drawn or made in the viewer."""
+        return io.split_stem(self.labels_path)[0] if self.labels_path else None
 
     @property
     def meta(self) -> io.ImageMeta:
@@ -133,8 +140,10 @@ class CurationState(QObject):
             image = np.asarray(image_layer.data[0] if image_layer.multiscale else image_layer.data)
             labels = np.array(labels_layer.data[0] if labels_layer.multiscale else labels_layer.data, copy=True)
             metadata = dict(labels_layer.metadata)
+            source = metadata.get("source_path") or getattr(getattr(labels_layer, "source", None), "path", None)
             inputs.append(PairInput(image_name, labels_name, image, labels,
-                                    resolve_mode(mode, labels, metadata), geometry_of(labels_layer), metadata))
+                                    resolve_mode(mode, labels, metadata), geometry_of(labels_layer), metadata,
+                                    labels_path=str(source) if source else None))
         return inputs
 
     @staticmethod
