@@ -419,6 +419,10 @@ def test_export_writes_what_the_log_says(viewer, qtbot, tmp_path):
     review = _dock(viewer, "Review")
     export = _dock(viewer, "Export")
     session = train.state.session
+    from napari_noisyseg.widgets.review import SAMPLE_COLUMN
+
+    sample = review.table.item(0, SAMPLE_COLUMN)
+    assert sample.text().startswith("crop labels[") and sample.toolTip() == sample.text()  # elided when long
     accepted, rejected = review._order[0], review._order[1]
     review.select(accepted)
     review.decide("accept")

@@ -40,6 +40,7 @@ from .state import state_for, unwrap_viewer
 COLUMNS = ("id", "sample", "kind", "area", "likelihood", "reliability", "status", "agreement")
 STATUS_COLUMN = COLUMNS.index("status")
 AGREEMENT_COLUMN = COLUMNS.index("agreement")
+SAMPLE_COLUMN = COLUMNS.index("sample")
 AGREEMENT_SORT = ("agreement between methods (most agreed first)", "agreement")
 NO_VALUE = "—"
 STATUS_BACKGROUND = {"pending": None, "accepted": "#2e5d3a", "rejected": "#6a2c2c"}
@@ -220,6 +221,8 @@ class ReviewWidget(QWidget):
                     if column == 2:
                         r, g, b, _ = KIND_COLOURS[region.kind]
                         item.setForeground(QBrush(QColor.fromRgbF(r, g, b)))
+                    if column == SAMPLE_COLUMN:  # long layer names are elided in the narrow column
+                        item.setToolTip(str(value))
                     if column == AGREEMENT_COLUMN and region.agreement is not None:
                         item.setToolTip("flagged by: " + (", ".join(region.flagged_by) or "no method"))
                     self.table.setItem(row, column, item)
