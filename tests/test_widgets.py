@@ -548,11 +548,12 @@ def test_volume_review_moves_the_slider_and_nifti_keeps_the_affine(make_napari_v
 
     export = _dock(viewer, "Export")
     export.export(folder=tmp_path, labels_format=".nii.gz", include=("cleaned", "noise"))
-    labels, meta = io.read_labels(tmp_path / "hippocampus_labels_cleaned.nii.gz")
+    stem = io.split_stem(original.metadata["source_path"])[0]  # the sample's file, e.g. hippocampus_148
+    labels, meta = io.read_labels(tmp_path / f"{stem}_cleaned.nii.gz")
     np.testing.assert_allclose(meta.affine, original.metadata["affine"])
     assert np.array_equal(labels, session.cleaned[0])
     assert set(np.unique(labels)) <= {0, 1, 2}
-    noise, meta = io.read_array(tmp_path / "hippocampus_labels_noise.nii.gz")
+    noise, meta = io.read_array(tmp_path / f"{stem}_noise.nii.gz")
     np.testing.assert_allclose(meta.affine, original.metadata["affine"])
     assert _hash(original.data) == before
 

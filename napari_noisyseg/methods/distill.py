@@ -115,8 +115,11 @@ into batches through ``extras``), refreshed every ``refresh_every`` epochs
 sampling, and the estimate sees whole images rather than padded, augmented
 patches; the teacher moves slowly anyway). ``run.predict``'s overlapping
 512-pixel tiles would cost 3.6 s per pass here instead of 1.2 s, hence the
-single-tile :meth:`~napari_noisyseg.engine.train.TrainingRun.predict_whole`. A refresh stops between two dropout samples
-when a stop is requested.
+single-tile ``run.predict_whole``. A refresh stops between two dropout samples
+when a stop is requested or the time budget runs out; the closing maps then
+continue its passes rather than start again. Under a time budget the run keeps
+the time that the T closing passes take (timed at the first pass and at every
+refresh), up to half of the budget.
 
 Parameters (``TrainConfig.params``)
 -----------------------------------
