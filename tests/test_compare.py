@@ -457,3 +457,23 @@ def test_compare_widget_adds_layers_and_the_review_sorts_by_agreement(make_napar
     assert [float(v) for v in values] == sorted((float(v) for v in values), reverse=True)
     assert review._order == [r.id for r in session.sorted_regions("agreement")]
     assert _hash(original.data) == before and session.original_unchanged()
+
+    # Another method's proposals, without training again: a new round, earlier decisions kept.
+    accepted = review._order[0]
+    review.select(accepted)
+    review.decide("accept")
+    assert not compare.review_button.isEnabled()  # nothing selected
+    compare.results.selectRow(0)
+    assert not compare.review_button.isEnabled()  # baseline's are the ones under review
+    compare.results.selectRow(1)
+    assert compare.selected_method() == "confident" and compare.review_button.isEnabled()
+    qtbot.mouseClick(compare.review_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not compare.state.busy and compare.job is None, timeout=60_000)
+    assert compare.state.session is session and session.method == "confident" and session.round == 2
+    assert compare.state.result is compare.comparison.runs["confident"].result
+    assert session.regions[accepted].status == "accepted"
+    assert all(r.agreement is not None for r in session.regions.values() if r.round == 2)
+    assert compare.status.text().startswith("Reviewing confident's proposals")
+    assert compare.results.item(1, 0).font().bold() and not compare.results.item(0, 0).font().bold()
+    assert not compare.review_button.isEnabled()
+    assert _hash(original.data) == before and session.original_unchanged()

@@ -63,6 +63,7 @@ class CompareWidget(QWidget):
         self.state = state_for(napari_viewer)
         self.job = None
         self.comparison = None
+        self.reviewed = None  # the method whose proposals the Review table holds
         self._starting = False
         self._inputs = []
         self._holder: dict = {}
@@ -79,7 +80,8 @@ class CompareWidget(QWidget):
         self.pair.remove.hide()
         layout.addWidget(self.pair)
 
-        hint = QLabel("Methods (drag to reorder; the first ticked one's proposals go to Review):")
+        hint = QLabel("Methods (drag to reorder; the first ticked one's proposals go to Review, "
+                      "another's from the results table below):")
         hint.setWordWrap(True)
         layout.addWidget(hint)
         self.method_list = QListWidget()
@@ -158,7 +160,16 @@ class CompareWidget(QWidget):
         self.results.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.results.horizontalHeaderItem(4).setToolTip(
             "Mean Dice of the pixels this method flags with those each other method flags")
+        self.results.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.results.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.results.itemSelectionChanged.connect(self._update_buttons)
         layout.addWidget(self.results, 1)
+        self.review_button = QPushButton("Review this method's proposals")
+        self.review_button.setToolTip(
+            "Put the selected method's proposals in the Review table, as a new round: decisions made "
+            "so far are kept, and nothing is trained again")
+        self.review_button.clicked.connect(lambda: self.review_method())
+        layout.addWidget(self.review_button)
 
     # ----- viewer ---------------------------------------------------------------
     def _connect(self) -> None:
@@ -258,7 +269,8 @@ class CompareWidget(QWidget):
             dataset = state.build(inputs)
             state.job_dataset = dataset
             comparison = compare_methods(dataset, methods, kwargs, progress, threshold=threshold)
-            holder["comparison"] = comparison
+            holder["comparison"], holder["dataset"] = comparison, dataset
+            holder["reviewed"] = comparison.reference
             return dataset, comparison.reference_result, comparison.agreement
 
         self._holder, self._inputs, self._methods_seen = holder, inputs, 0
@@ -273,6 +285,41 @@ class CompareWidget(QWidget):
         finally:
             self._starting = False
         self._set_status(f"Comparing {', '.join(methods)}…")
+        return self.job
+
+    def selected_method(self) -> str | None:
+        """The method of the selected row of the results table."""
+        rows = self.results.selectionModel().selectedRows()
+        item = self.results.item(rows[0].row(), 0) if rows else None
+        return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+
+    def review_method(self, method: str | None = None):
+        """Put ``method``'s proposals (default: the selected row's) in the Review table.
+
+        They come as a new round of the current session, as a retraining's do: the
+        decisions made so far stay, and the regions are found against the labels as
+        cleaned now. Nothing is trained. Returns the job (None if it could not start).
+        """
+        comparison, holder = self.comparison, self._holder
+        method = method or self.selected_method()
+        if comparison is None or method not in comparison.runs or holder.get("comparison") is not comparison:
+            return self._fail(f"Cannot review {method!r}: compare first, then select one of the methods that ran")
+        dataset, result, state = holder["dataset"], comparison.runs[method].result, self.state
+
+        def task(progress):
+            state.job_dataset = dataset
+            return dataset, result, comparison.agreement
+
+        self._holder = {**holder, "reviewed": method}
+        self._starting = True
+        try:
+            self.job = state.start_job("compare", self._inputs, task)
+        except RuntimeError as error:
+            self.job = None
+            return self._fail(str(error))
+        finally:
+            self._starting = False
+        self._set_status(f"Finding {method}'s proposals…")
         return self.job
 
     def stop(self) -> None:
@@ -323,11 +370,19 @@ class CompareWidget(QWidget):
         self._show_results(comparison)
         session = self.state.session
         pending = session.counts()["pending"] if session is not None else 0
-        parts = [f"Compared {', '.join(comparison.methods)} in {outcome.seconds:.0f} s."]
-        if comparison.not_run:
-            parts.append(f"Stopped: {', '.join(comparison.not_run)} did not run.")
-        parts.append(f"{pending} regions of {comparison.reference} to review; sort the Review table by "
-                     "agreement between methods.")
+        reviewed = self._holder.get("reviewed", comparison.reference)
+        if reviewed != comparison.reference or self._holder.get("shown"):  # a second look, nothing trained
+            parts = [f"Reviewing {reviewed}'s proposals: {pending} regions pending (earlier decisions kept)."]
+        else:
+            parts = [f"Compared {', '.join(comparison.methods)} in {outcome.seconds:.0f} s."]
+            if comparison.not_run:
+                parts.append(f"Stopped: {', '.join(comparison.not_run)} did not run.")
+            parts.append(f"{pending} regions of {reviewed} to review; sort the Review table by "
+                         "agreement between methods, or select another method below to review its proposals.")
+        self._holder["shown"] = True
+        self.reviewed = reviewed
+        self._mark_reviewed()
+        self._update_buttons()
         self._set_status(" ".join(parts))
 
     def _show_results(self, comparison) -> None:
@@ -339,7 +394,18 @@ class CompareWidget(QWidget):
                      fmt(values["mean_noise"], ".3f"), fmt(100 * values["flagged_fraction"], ".1f"),
                      fmt(values["dice_with_others"], ".2f"))
             for column, text in enumerate(cells):
-                self.results.setItem(row, column, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, method)
+                self.results.setItem(row, column, item)
+
+    def _mark_reviewed(self) -> None:
+        """Bold the row of the method whose proposals the Review table holds."""
+        for row in range(self.results.rowCount()):
+            for column in range(self.results.columnCount()):
+                item = self.results.item(row, column)
+                font = item.font()
+                font.setBold(item.data(Qt.ItemDataRole.UserRole) == self.reviewed)
+                item.setFont(font)
 
     def _update_buttons(self, *args) -> None:
         try:
@@ -347,6 +413,9 @@ class CompareWidget(QWidget):
             ours = self.job is not None and self.job.running
             ready = bool(self.pair.image.currentText() and self.pair.labels.currentText())
             self.compare_button.setEnabled(not busy and ready and len(self.methods()) >= 2)
+            selected = self.selected_method()
+            self.review_button.setEnabled(not busy and self.comparison is not None and selected is not None
+                                          and selected != self.reviewed)
             self.stop_button.setEnabled(ours and not self.job.stop_requested)
         except RuntimeError:  # widget deleted
             pass
