@@ -127,12 +127,17 @@ class ExportWidget(QWidget):
                              f"{len(session.log)} log rows. Writes: {names}")
         self.export_button.setEnabled(bool(files))
 
-    def _file_stems(self) -> list | None:
-        """Per source, the stem of the labels file it was opened from (None for drawn labels)."""
+    def _session_inputs(self) -> list | None:
+        """The layer pairs the session's sources were taken from, in its order (None if they differ)."""
         session, inputs = self.state.session, self.state.inputs
         if session is None or [pair.labels_name for pair in inputs] != list(session.names):
             return None
-        return [pair.file_stem for pair in inputs]
+        return inputs
+
+    def _file_stems(self) -> list | None:
+        """Per source, the stem of the labels file it was opened from (None for drawn labels)."""
+        inputs = self._session_inputs()
+        return None if inputs is None else [pair.file_stem for pair in inputs]
 
     def export(self, folder=None, labels_format=None, include=None, overwrite=None) -> list:
         """Write the export; returns the written paths (empty on error, with a notification)."""
@@ -148,7 +153,8 @@ class ExportWidget(QWidget):
         include = tuple(include if include is not None else
                         [k for k in self.include() if k != "checkpoint" or has_model])
         overwrite = self.overwrite.isChecked() if overwrite is None else overwrite
-        metas = [pair.meta for pair in self.state.inputs] if len(self.state.inputs) == len(session.names) else None
+        inputs = self._session_inputs()
+        metas = None if inputs is None else [pair.meta for pair in inputs]
         try:
             written = export_session(session, folder, labels_format, include, metas=metas,
                                      result=self.state.result, overwrite=overwrite, file_stems=self._file_stems())
