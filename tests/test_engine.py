@@ -312,6 +312,10 @@ def test_events_are_typed_and_ordered(trained, dataset):
             assert noise.shape == corrected.shape == shape
             assert noise.dtype == np.float32 and 0 <= noise.min() and noise.max() <= 1
             assert np.issubdtype(corrected.dtype, np.integer)
+    # Training over, the closing predictions are announced after the last epoch, and last.
+    finishing = events[-1]
+    assert isinstance(finishing, StateEvent) and finishing.state == "finishing"
+    assert finishing.message.startswith("Training done (36 steps") and position[id(epochs[-1])] < len(events) - 1
     assert result.history["epoch"] == list(range(12))
 
 
@@ -336,7 +340,7 @@ def test_stop_request_ends_within_one_step(dataset):
     steps = [e for e in seen if isinstance(e, StepEvent)]
     assert len(steps) == 4  # the stop flag is checked before every step
     assert result.stopped is True and result.history["stopped"] is True
-    assert [e.state for e in seen if isinstance(e, StateEvent)] == ["starting", "stopping"]
+    assert [e.state for e in seen if isinstance(e, StateEvent)] == ["starting", "stopping", "finishing"]
     assert len(result.history["epoch"]) == 2  # epoch 0 (3 steps) and the interrupted epoch 1
     assert len(result.probabilities) == len(result.noise) == len(result.corrected) == 3
     for sample, probabilities, noise, corrected in zip(
@@ -447,6 +451,19 @@ def test_closing_reserve_grows_to_what_a_timed_prediction_needs(dataset):
     model, _ = run.new_model()
     run.predict(model, flip_tta=True)  # a real prediction is timed too (three 128-pixel crops: milliseconds)
     assert run._seconds_per_pass is not None and run._seconds_per_pass < 1.5
+
+
+@pytest.mark.parametrize("method", ["coseg", "confident", "adele", "clcs", "distill", "cleansing"])
+def test_every_method_announces_its_closing_predictions_once(dataset, method):
+    """After its last training step each method says training is done before the closing
+    predictions (silent otherwise: Distill's Monte-Carlo maps, every slice of a volume)."""
+    from napari_noisyseg.methods import get_method
+
+    log = EventLog()
+    get_method(method).fit(dataset, small_config(method=method, epochs=2), log)
+    finishing = [i for i, e in enumerate(log.events) if isinstance(e, StateEvent) and e.state == "finishing"]
+    last_step = max(i for i, e in enumerate(log.events) if isinstance(e, StepEvent))
+    assert len(finishing) == 1 and finishing[0] > last_step
 
 
 def test_cosine_schedule_decays_each_phase_to_zero(dataset):

@@ -343,6 +343,13 @@ class TrainingRun:
         remaining = 60.0 * self.config.minutes - self.closing_reserve() - now
         self.total_epochs = epoch + 1 + max(0, int(remaining // per_epoch))
 
+    def begin_closing(self) -> None:
+        """Say that training is over before the closing predictions, which can take a while
+        (Distill's Monte-Carlo passes, every slice of a volume) with nothing else to show."""
+        self.progress.emit(StateEvent(
+            "finishing", f"Training done ({self.global_step} steps, {self.elapsed:.0f} s); predicting every "
+                         "sample for the noise map and the proposed corrections…"))
+
     def maybe_preview(self, make_preview) -> None:
         """Every ``preview_every`` steps, emit ``make_preview(indices) -> (noise, corrected)``."""
         every = self.config.preview_every

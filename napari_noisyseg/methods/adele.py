@@ -703,6 +703,7 @@ def fit(dataset, config, events=None):
         run.progress.emit(StateEvent(
             "correcting", f"Epoch {epoch + 1}: {what}{record['pixels_changed']} label pixels corrected."))
 
+    run.begin_closing()
     probabilities = run.predict(model, flip_tta=flip)
     memorising = [c for c in classes if onset_epoch[c] is not None]
     if params["final_correction"] and memorising:

@@ -50,6 +50,7 @@ def fit(dataset, config, events=None):
             run.track(logits.detach(), batch.labels, batch.weights)
             run.maybe_preview(preview)
         run.end_epoch(epoch)
+    run.begin_closing()
     probabilities = run.predict(model)
     noise = [noise_from_probabilities(p, s.labels) for p, s in zip(probabilities, dataset.samples)]
     corrected = [p.argmax(0).astype(np.int64) for p in probabilities]

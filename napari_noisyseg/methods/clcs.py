@@ -543,6 +543,7 @@ def fit(dataset, config, events=None):
             **stats.record(),
         )
 
+    run.begin_closing()
     probabilities, judged = _judge_all(run, models, curriculum, params["judge_recall"])
     noise = [j[0] for j in judged]
     corrected = [j[1] for j in judged]

@@ -567,6 +567,7 @@ def fit(dataset, config, events=None):
             run.maybe_preview(preview)
         run.end_epoch(epoch, **_history(state, robust))
 
+    run.begin_closing()
     judge = teacher.model if params["final_judge"] == "teacher" else student
     final = cleanse(run, judge, teacher.model, params, config.seed + 104729)
     noise = [1.0 - w for w in final["clean"]]

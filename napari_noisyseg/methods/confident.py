@@ -419,6 +419,7 @@ def fit(dataset, config, events=None):
         run.end_epoch(epoch, phase=phase)
         epoch += 1
 
+    run.begin_closing()
     if phase is not None and phase < n_folds and phase not in oof.done:
         oof.fill(run, models[f"fold{phase}"], phase)
     if not cl:

@@ -990,6 +990,7 @@ def collapsed_classes(final: list, pair: list, dataset, ratio: float = COLLAPSE_
 
 def _finish(run, dataset, params, record, model_f, model_g, stage4, state):
     """Predictions, noise, corrections, reliability and history of whatever was trained."""
+    run.begin_closing()
     stage1 = stage4["stage1"] if stage4 is not None else _stage1_outputs(run, dataset, params, record, model_f,
                                                                            model_g)
     # A final network that has not seen one epoch's worth of steps is worse than f and g.

@@ -547,6 +547,7 @@ def fit(dataset, config, events=None):
             learnt_classes=learnt_class_ids(maps["learnt"]) if robust else None,
         )
 
+    run.begin_closing()
     if passes is None or passes.step != run.global_step:  # the teacher moved since the last refresh
         passes = DropoutMean(params["mc_samples"], run.global_step)
     passes.add(run, teacher.model)
