@@ -276,15 +276,19 @@ class CompareWidget(QWidget):
         self._holder, self._inputs, self._methods_seen = holder, inputs, 0
         self.progress.setRange(0, len(methods))
         self.progress.setValue(0)
+        return self._start(inputs, task, f"Comparing {', '.join(methods)}…")
+
+    def _start(self, inputs, task, status: str):
+        """Start ``task`` as this widget's job; returns it (None if it could not start)."""
         self._starting = True  # job_started comes before start_job returns: know it is ours
         try:
-            self.job = state.start_job("compare", inputs, task)
+            self.job = self.state.start_job("compare", inputs, task)
         except RuntimeError as error:
             self.job = None
             return self._fail(str(error))
         finally:
             self._starting = False
-        self._set_status(f"Comparing {', '.join(methods)}…")
+        self._set_status(status)
         return self.job
 
     def selected_method(self) -> str | None:
@@ -311,16 +315,7 @@ class CompareWidget(QWidget):
             return dataset, result, comparison.agreement
 
         self._holder = {**holder, "reviewed": method}
-        self._starting = True
-        try:
-            self.job = state.start_job("compare", self._inputs, task)
-        except RuntimeError as error:
-            self.job = None
-            return self._fail(str(error))
-        finally:
-            self._starting = False
-        self._set_status(f"Finding {method}'s proposals…")
-        return self.job
+        return self._start(self._inputs, task, f"Finding {method}'s proposals…")
 
     def stop(self) -> None:
         if self.job is not None and self.job.running:
