@@ -474,6 +474,8 @@ def test_compare_widget_adds_layers_and_the_review_sorts_by_agreement(make_napar
     assert session.regions[accepted].status == "accepted"
     assert all(r.agreement is not None for r in session.regions.values() if r.round == 2)
     assert compare.status.text().startswith("Reviewing confident's proposals")
+    np.testing.assert_array_equal(viewer.layers["crop labels noise"].data, session.noise[0])
+    np.testing.assert_allclose(session.noise[0], compare.comparison.noise["confident"][0])
     assert compare.results.item(1, 0).font().bold() and not compare.results.item(0, 0).font().bold()
     assert not compare.review_button.isEnabled()
     assert _hash(original.data) == before and session.original_unchanged()
