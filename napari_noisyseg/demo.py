@@ -6,7 +6,8 @@ Usage::
     python -m napari_noisyseg.demo --sample hippocampus_3d
     python -m napari_noisyseg.demo --screenshot demo.png   # draw, save, exit
 
-``--screenshot`` waits until the window has been drawn, saves the whole window
+``--screenshot`` waits until the window has been drawn and its docks have settled
+(``--wait-ms``, then until they stop moving), saves the whole window
 (``viewer.screenshot(path, canvas_only=False)``) and exits; it is what CI and
 checks use. On Linux without a display it needs a virtual one, e.g.
 ``xvfb-run -a python -m napari_noisyseg.demo --screenshot demo.png`` (``make demo``
@@ -63,6 +64,9 @@ def build_viewer(sample: str = "nuclei_2d", show: bool = True):
         docks[name], _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=name in tabbed)
     from qtpy.QtCore import QTimer
 
+    from .widgets.controls import DockColumnWidth
+
+    DockColumnWidth(viewer.window._qt_window, list(docks.values()))  # the window owns it
     # Once the window is laid out: raising a tab earlier leaves the last one added in front.
     QTimer.singleShot(0, lambda: _arrange(viewer, [d for n, d in docks.items() if n not in tabbed]))
     # The labels to curate are the selected layer; show it over the image.
@@ -84,6 +88,42 @@ def _arrange(viewer, stacked: list) -> None:
         dock.raise_()
     heights = [dock.widget().sizeHint().height() for dock in stacked]
     window.resizeDocks(stacked, heights, Qt.Orientation.Vertical)
+
+
+def _layout_signature(window) -> tuple:
+    """Where every visible dock is and how wide its content asks to be."""
+    from qtpy.QtWidgets import QDockWidget
+
+    return tuple(
+        (dock.geometry().getRect(), dock.widget().minimumSizeHint().width())
+        for dock in window.findChildren(QDockWidget)
+        if dock.isVisible() and dock.widget() is not None
+    )
+
+
+def _when_settled(window, then, poll_ms: int = 250, steady_polls: int = 2, max_ms: int = 15000) -> None:
+    """Call ``then`` once the window's docks have kept their place for ``steady_polls``
+    polls (or after ``max_ms``).
+
+    napari's style sheet reaches the docks some time after the window shows, and the
+    docks then widen for the larger font; on a busy 2-core machine that came after a
+    fixed 1.5-s wait in some runs, and the screenshot showed the docks half-way.
+    """
+    from qtpy.QtCore import QTimer
+
+    state = {"last": None, "steady": 0, "waited": 0}
+
+    def poll():
+        signature = _layout_signature(window)
+        state["steady"] = state["steady"] + 1 if signature == state["last"] else 0
+        state["last"] = signature
+        state["waited"] += poll_ms
+        if state["steady"] >= steady_polls or state["waited"] >= max_ms:
+            then()
+        else:
+            QTimer.singleShot(poll_ms, poll)
+
+    poll()
 
 
 def _save_and_quit(viewer, path: Path, status: dict) -> None:
@@ -109,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot", type=Path, metavar="PATH",
                         help="save a screenshot of the whole window to PATH and exit")
     parser.add_argument("--wait-ms", type=int, default=1500,
-                        help="with --screenshot: how long to let the window draw first")
+                        help="with --screenshot: how long to let the window draw before waiting for "
+                             "its docks to settle")
     args = parser.parse_args(argv)
 
     if not _has_display():
@@ -134,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     window = viewer.window._qt_window
     window.setGeometry(window.screen().availableGeometry())
     status = {"rc": 1}
-    QTimer.singleShot(max(0, args.wait_ms), lambda: _save_and_quit(viewer, args.screenshot, status))
+    QTimer.singleShot(max(0, args.wait_ms), lambda: _when_settled(
+        window, lambda: _save_and_quit(viewer, args.screenshot, status)))
     napari.run(force=True)
     return status["rc"]
 

@@ -323,3 +323,37 @@ def test_demo_docks_two_tabbed_groups(qtbot):
             assert widgets[behind].visibleRegion().isEmpty()
     finally:
         viewer.close()
+
+
+@pytest.mark.gui  # skipped without a display (see conftest.py)
+def test_demo_docks_are_as_wide_as_their_content(qtbot):
+    """Resized after the docks are added, as ``make demo`` does, every plugin dock ends up at least as wide as
+    its content's minimum: the Review table and its "pending only" box are not cut off (they
+    were in about half of the demo's screenshots)."""
+    from qtpy.QtWidgets import QApplication, QWidget
+
+    from napari_noisyseg.demo import build_viewer
+    from napari_noisyseg.widgets.controls import ScrollingPanel
+
+    viewer = build_viewer(show=True)
+    try:
+        window = viewer.window._qt_window
+        window.setGeometry(0, 0, 1280, 1024)  # the size of `make demo`'s virtual screen
+        widgets = {name.split(" (")[0]: widget for name, widget in viewer.window.dock_widgets.items()}
+
+        def fits(name):
+            panel = widgets[name].findChild(ScrollingPanel)
+            content = panel.widget()
+            return panel.viewport().width() >= content.minimumSizeHint().width()
+
+        qtbot.wait(1000)  # the style sheet and the window's resize arrive after the docks
+        QApplication.processEvents()
+        for name in ("Train", "Review"):
+            qtbot.waitUntil(lambda: fits(name), timeout=5000)
+            assert not widgets[name].findChild(ScrollingPanel).horizontalScrollBar().isVisible()
+        review = widgets["Review"]
+        box = review.pending_only
+        right_edge = box.mapTo(review, box.rect().topRight()).x()
+        assert right_edge < QWidget.width(review), "the pending-only box is cut off"
+    finally:
+        viewer.close()

@@ -261,6 +261,33 @@ def test_a_short_dock_scrolls_instead_of_squeezing_its_rows(viewer, qtbot):
     assert not train.plot.visibleRegion().isEmpty()
 
 
+def test_a_narrow_panel_scrolls_sideways_instead_of_cutting_controls_off(qtbot):
+    """A dock dragged narrower than its content (napari lets a dock shrink to 50 px): the
+    content keeps its minimum width and a horizontal scroll bar reaches its right-hand side."""
+    from qtpy.QtWidgets import QApplication, QHBoxLayout, QPushButton, QWidget
+
+    from napari_noisyseg.widgets.controls import ScrollingPanel
+
+    content = QWidget()
+    row = QHBoxLayout(content)
+    buttons = [QPushButton(f"button number {i}") for i in range(5)]
+    for button in buttons:
+        row.addWidget(button)
+    panel = ScrollingPanel(content)
+    qtbot.addWidget(panel)
+    panel.resize(200, 120)
+    panel.show()
+    qtbot.waitExposed(panel)
+    bar = panel.horizontalScrollBar()
+    qtbot.waitUntil(bar.isVisible, timeout=5000)
+    assert QWidget.width(content) >= content.minimumSizeHint().width() > panel.viewport().width()
+    assert buttons[-1].visibleRegion().isEmpty()
+    bar.setValue(bar.maximum())  # the user scrolls right
+    QApplication.processEvents()
+    assert not buttons[-1].visibleRegion().isEmpty()
+    assert panel.minimumSizeHint().width() > content.minimumSizeHint().width()  # asks for room
+
+
 def test_the_status_names_a_class_the_network_has_not_learnt(viewer, qtbot):
     """One epoch on labels with a few pixels of a third class: the status says that class is
     not learnt yet, with its IoU, rather than leaving "0 regions" unexplained."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QButtonGroup,
     QDoubleSpinBox,
@@ -19,12 +19,14 @@ from qtpy.QtWidgets import (
 
 
 class ScrollingPanel(QScrollArea):
-    """A frameless, vertical-only scroll area around a dock widget's content.
+    """A frameless scroll area around a dock widget's content.
 
     Docks stacked on the right of a screen get less height than their content needs;
     Qt then either grows the window past the screen (the demo's window was 1732 px
     tall on a 1024-px screen) or squeezes rows below their minimum and draws spin
     boxes clipped. Here a dock may shrink to ``MIN_HEIGHT`` and its content scrolls.
+    Sideways the content normally fits (its minimum width is the panel's); a dock
+    dragged narrower than that scrolls sideways too rather than cutting controls off.
     """
 
     MIN_HEIGHT = 240  # px
@@ -33,7 +35,7 @@ class ScrollingPanel(QScrollArea):
         super().__init__()
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setWidget(content)
         content.installEventFilter(self)
 
@@ -43,16 +45,84 @@ class ScrollingPanel(QScrollArea):
             self.updateGeometry()
         return super().eventFilter(watched, event)
 
-    def _scrollbar_width(self) -> int:
-        return self.verticalScrollBar().sizeHint().width()
+    def _side_width(self) -> int:
+        """What the panel takes beside its content: the vertical scroll bar and the frame
+        (napari's style sheet draws a 1-px frame even with ``NoFrame``)."""
+        return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API; the content's, not QScrollArea's 24-line cap
         hint = self.widget().sizeHint()
-        return QSize(hint.width() + self._scrollbar_width(), hint.height())
+        return QSize(hint.width() + self._side_width(), hint.height())
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
         hint = self.widget().minimumSizeHint()
-        return QSize(hint.width() + self._scrollbar_width(), min(hint.height(), self.MIN_HEIGHT))
+        return QSize(hint.width() + self._side_width(), min(hint.height(), self.MIN_HEIGHT))
+
+
+class DockColumnWidth(QObject):
+    """Keep docks that share one column at least as wide as the widest content needs.
+
+    napari gives every dock an explicit 50-px minimum width, so a window resized after
+    the docks are laid out may squeeze them below their content's minimum, and napari's
+    style sheet, applied once the window shows, makes that minimum wider than it was
+    when the docks were added. In the demo the Review table's right edge was cut off in
+    about half of the screenshots. This follows every change of the contents' minimum
+    width and sets it as the minimum of all the column's docks.
+    """
+
+    EVENTS = (QEvent.Type.LayoutRequest, QEvent.Type.StyleChange, QEvent.Type.FontChange,
+              QEvent.Type.Show, QEvent.Type.Resize)
+
+    def __init__(self, window, docks: list):
+        super().__init__(window)
+        self.window = window
+        self.docks = list(docks)
+        self.width = 0
+        self._pending = False
+        for dock in self.docks:
+            # napari's style sheet gives the controls a larger font after the window
+            # shows; the new hints reach the dock as a layout request on one of these,
+            # depending on timing (the plugin widget's alone missed it in 4 of 6 runs).
+            panels = dock.widget().findChildren(ScrollingPanel)
+            for watched in (dock, dock.widget(), *panels, *(panel.widget() for panel in panels)):
+                watched.installEventFilter(self)
+        self.update()
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt API
+        if event.type() in self.EVENTS and not self._pending:
+            # Once the event has been handled, so that the size hints are the new ones.
+            self._pending = True
+            QTimer.singleShot(0, self.update)
+        return False
+
+    def _contents(self) -> list:
+        """The docks still open, each with its widget (a closed dock is deleted)."""
+        alive = []
+        for dock in self.docks:
+            try:
+                if dock.widget() is not None:
+                    alive.append(dock)
+            except RuntimeError:  # the C++ dock is gone
+                pass
+        self.docks = alive
+        return alive
+
+    def update(self) -> None:
+        self._pending = False
+        if not self._contents():
+            return
+        width = max(dock.widget().minimumSizeHint().width() for dock in self.docks)
+        if width == self.width:
+            return
+        self.width = width
+        for dock in self.docks:
+            dock.setMinimumWidth(width)
+        self.window.resizeDocks(self.docks, [width] * len(self.docks), Qt.Orientation.Horizontal)
+        # Lay the window out now rather than on its next pass, so that no frame shows
+        # the wider docks still at their old place, past the window's right edge.
+        layout = self.window.layout()
+        layout.invalidate()
+        layout.activate()
 
 
 def scrolling_layout(widget: QWidget) -> QVBoxLayout:
