@@ -466,6 +466,27 @@ def test_every_method_announces_its_closing_predictions_once(dataset, method):
     assert len(finishing) == 1 and finishing[0] > last_step
 
 
+@pytest.mark.parametrize("method", ["coseg", "confident", "adele", "clcs", "distill", "cleansing"])
+@pytest.mark.parametrize("stopped", [False, True])
+def test_every_method_plans_the_closing_passes_it_makes(dataset, method, stopped):
+    """``closing_passes``, which sizes a time budget's reserve, is the number of passes over
+    every sample that the method's closing really predicts: after a full run and after a
+    stop at step 4 (Co-Seg then still has two networks; confident learning's last folds)."""
+    from helpers import stop_at
+
+    from napari_noisyseg.methods import get_method
+
+    progress = stop_at(lambda event: event.step >= 4) if stopped else EventLog()
+    result = get_method(method).fit(dataset, small_config(method=method, epochs=10 if stopped else 2), progress)
+    passes = result.history["closing_passes"]
+    assert result.history["closing_s"] >= 0.0
+    if method == "confident" and not stopped:
+        # Its out-of-fold maps are made while it trains; the closing predicts nothing more.
+        assert passes == {"planned": 1.0, "done": 0.0}
+    else:
+        assert passes["done"] == pytest.approx(passes["planned"])
+
+
 def test_cosine_schedule_decays_each_phase_to_zero(dataset):
     """lr_schedule="cosine": the rate follows a half cosine over each optimiser's phase
     (the run by default), step by step; "constant" never touches it."""

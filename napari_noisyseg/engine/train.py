@@ -96,6 +96,8 @@ class TrainingRun:
         self._seconds_per_pass: float | None = None  # measured by predict(), over most samples
         self._sample_pixels = [int(np.prod(shape)) for shape in shapes]  # what a pass covers, per sample
         self._closing_seconds = 0.0  # measured by a method that repeats its closing work (note_closing)
+        self._closing_started: float | None = None  # elapsed s at begin_closing
+        self._closing_passes_done = 0.0  # whole-dataset passes predicted since then
         self.global_step = 0
         self.stopped = False
         self.history: dict = defaultdict(list)
@@ -154,6 +156,8 @@ class TrainingRun:
         """
         pixels = self._sample_pixels
         covered = sum(pixels[i] for i in samples)
+        if self._closing_started is not None:
+            self._closing_passes_done += passes * covered / sum(pixels)
         if passes <= 0 or covered < 0.5 * sum(pixels):
             return
         self._seconds_per_pass = seconds / passes * sum(pixels) / covered
@@ -352,6 +356,7 @@ class TrainingRun:
         self.progress.emit(StateEvent(
             "finishing", f"Training done ({self.global_step} steps, {self.elapsed:.0f} s); predicting every "
                          "sample for the noise map and the proposed corrections…"))
+        self._closing_started = self.elapsed
 
     def maybe_preview(self, make_preview) -> None:
         """Every ``preview_every`` steps, emit ``make_preview(indices) -> (noise, corrected)``."""
@@ -401,4 +406,9 @@ class TrainingRun:
         history["wall_s"] = round(self.elapsed, 3)
         if self.config.minutes:
             history["closing_reserve_s"] = round(self.closing_reserve(), 3)
+        if self._closing_started is not None:
+            # What the closing took against what the reserve planned for.
+            history["closing_s"] = round(self.elapsed - self._closing_started, 3)
+            history["closing_passes"] = {"planned": float(self.closing_passes),
+                                         "done": round(self._closing_passes_done, 3)}
         return history
