@@ -53,7 +53,7 @@ def _dice(pred, truth, n_classes: int) -> float:
 def parse_pairs(text: str) -> list[tuple[int, int]]:
     """``"0:0,0:1"`` → ``[(0, 0), (0, 1)]`` (noise seed, training seed)."""
     pairs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in quality.comma_list(text):
         noise_seed, sep, train_seed = item.partition(":")
         if not sep:
             raise ValueError(f"--pairs item {item!r} is not NOISE:TRAIN (e.g. 0:1)")

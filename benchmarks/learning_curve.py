@@ -131,8 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", default="clean,noisy", help="clean, noisy or both (comma-separated)")
     args = parser.parse_args(argv)
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        kinds = [k.strip() for k in args.labels.split(",") if k.strip()]
+        seeds = quality.comma_list(args.seeds, int)
+        kinds = quality.comma_list(args.labels)
         if not seeds or not kinds or any(k not in ("clean", "noisy") for k in kinds):
             raise ValueError(f"--seeds needs integers and --labels clean and/or noisy, not {args.seeds!r} / "
                              f"{args.labels!r}")

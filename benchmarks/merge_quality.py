@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         reports = [json.loads(Path(path).read_text()) for path in args.inputs]
-        settings = [s.strip() for s in args.settings.split(",") if s.strip()] or None
+        settings = quality.comma_list(args.settings) or None
         merged = merge_reports(reports, settings, allow_reference_drift=args.allow_reference_drift)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -221,6 +221,11 @@ class DataError(RuntimeError):
     """The data folder or a dataset in it is missing or unreadable."""
 
 
+def comma_list(text: str | None, convert=str) -> list:
+    """``"a, b,,c"`` → ``["a", "b", "c"]`` (each through ``convert``); None or "" → []."""
+    return [convert(part.strip()) for part in (text or "").split(",") if part.strip()]
+
+
 def with_n_train(profile: DatasetProfile, n_train: int) -> DatasetProfile:
     """``profile`` training on ``n_train`` images (volumes), everything else unchanged.
 
@@ -1040,9 +1045,9 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     profile = "quick" if args.quick else "full"
-    seeds = [int(s) for s in (args.seeds or "0").split(",") if s.strip()]
-    train_seeds = None if args.train_seeds is None else [int(s) for s in args.train_seeds.split(",") if s.strip()]
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    seeds = comma_list(args.seeds or "0", int)
+    train_seeds = None if args.train_seeds is None else comma_list(args.train_seeds, int)
+    methods = comma_list(args.methods) or None
     data_dir, out_dir = Path(args.data).resolve(), Path(args.out).resolve()
     if out_dir == data_dir or data_dir in out_dir.parents:
         print(f"error: --out {out_dir} is inside the data folder {data_dir}; never write there", file=sys.stderr)
@@ -1059,7 +1064,7 @@ def main(argv=None) -> int:
         write_report(stamped(partial), out_dir, name)
 
     try:
-        settings = select_settings([s.strip() for s in args.settings.split(",") if s.strip()], quick=args.quick)
+        settings = select_settings(comma_list(args.settings), quick=args.quick)
         report = run_benchmark(data_dir, settings, methods, seeds, profile, method_params=parse_params(args.params),
                                minutes=args.minutes, epochs=args.epochs, device=args.device,
                                on_partial=write_partial, train_seeds=train_seeds, lr_schedule=args.lr_schedule,

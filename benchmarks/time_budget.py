@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(run_method(args.one, args.minutes, args.seed)))
         return 0
-    methods = list(available_methods()) if args.methods == "all" else args.methods.split(",")
+    methods = list(available_methods()) if args.methods == "all" else quality.comma_list(args.methods)
     rows = [one_process(method, args) for method in methods]
     header = (f"{'method':<10} {'epochs':>6} {'steps':>6}  {'phases':<20} {'reserve s':>9} {'closing s':>9} "
               f"{'last epoch end s':>16} {'of training budget':>18} {'wall s':>7}")

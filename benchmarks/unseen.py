@@ -497,9 +497,9 @@ def main(argv=None) -> int:
                         help="with --summarise: comma-separated method rows to keep (the ceiling and floor always)")
     args = parser.parse_args(argv)
     if args.summarise:
-        rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+        rows = quality.comma_list(args.rows) or None
         return summarise(args.summarise, args.out, args.name, rows, args.against)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = quality.comma_list(args.methods)
     unknown = [m for m in methods if m not in quality.REGISTRY]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; registered: {sorted(quality.REGISTRY)}")
