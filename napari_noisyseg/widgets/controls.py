@@ -70,26 +70,20 @@ class DockColumnWidth(QObject):
     width and sets it as the minimum of all the column's docks.
     """
 
-    EVENTS = (QEvent.Type.LayoutRequest, QEvent.Type.StyleChange, QEvent.Type.FontChange,
-              QEvent.Type.Show, QEvent.Type.Resize)
-
     def __init__(self, window, docks: list):
         super().__init__(window)
         self.window = window
         self.docks = list(docks)
-        self.width = 0
+        self.applied_width = 0
         self._pending = False
         for dock in self.docks:
-            # napari's style sheet gives the controls a larger font after the window
-            # shows; the new hints reach the dock as a layout request on one of these,
-            # depending on timing (the plugin widget's alone missed it in 4 of 6 runs).
-            panels = dock.widget().findChildren(ScrollingPanel)
-            for watched in (dock, dock.widget(), *panels, *(panel.widget() for panel in panels)):
-                watched.installEventFilter(self)
+            # A new minimum inside (a larger font, a new control) reaches the plugin
+            # widget as a layout request.
+            dock.widget().installEventFilter(self)
         self.update()
 
     def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt API
-        if event.type() in self.EVENTS and not self._pending:
+        if event.type() == QEvent.Type.LayoutRequest and not self._pending:
             # Once the event has been handled, so that the size hints are the new ones.
             self._pending = True
             QTimer.singleShot(0, self.update)
@@ -112,17 +106,12 @@ class DockColumnWidth(QObject):
         if not self._contents():
             return
         width = max(dock.widget().minimumSizeHint().width() for dock in self.docks)
-        if width == self.width:
+        if width == self.applied_width:
             return
-        self.width = width
+        self.applied_width = width
         for dock in self.docks:
             dock.setMinimumWidth(width)
         self.window.resizeDocks(self.docks, [width] * len(self.docks), Qt.Orientation.Horizontal)
-        # Lay the window out now rather than on its next pass, so that no frame shows
-        # the wider docks still at their old place, past the window's right edge.
-        layout = self.window.layout()
-        layout.invalidate()
-        layout.activate()
 
 
 def scrolling_layout(widget: QWidget) -> QVBoxLayout:
