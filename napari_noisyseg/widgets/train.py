@@ -103,6 +103,11 @@ def unlearnt_note(history: dict, below: float = UNLEARNT_IOU) -> str:
     return f"Not learnt yet: {names}; its proposals are missing or unreliable, train longer."
 
 
+#: How a pair row shares its width: the layer names take what the sample mode (usually
+#: "auto") leaves; sharing 3 : 3 : 2 cut "hippocampus image" and "…labels" short.
+PAIR_STRETCH = (1, 1, 0)
+
+
 class PairRow(QWidget):
     """One image / labels / sample-mode choice."""
 
@@ -123,9 +128,9 @@ class PairRow(QWidget):
         self.remove = QToolButton()
         self.remove.setText("−")
         self.remove.setToolTip("Remove this pair")
-        for widget, stretch in ((self.image, 3), (self.labels, 3), (self.mode, 2)):
+        for widget, stretch in zip((self.image, self.labels, self.mode), PAIR_STRETCH):
             widget.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            widget.setMinimumContentsLength(6)
+            widget.setMinimumContentsLength(6 if stretch else 4)
             layout.addWidget(widget, stretch)
         layout.addWidget(self.remove)
 
@@ -155,7 +160,7 @@ class TrainWidget(QWidget):
         data = QGroupBox("Data")
         data_layout = QVBoxLayout(data)
         header = QHBoxLayout()
-        for text, stretch in (("image", 3), ("labels", 3), ("samples", 2)):
+        for text, stretch in zip(("image", "labels", "samples"), PAIR_STRETCH):
             label = QLabel(text)
             label.setStyleSheet("color: #a0a0a0;")
             header.addWidget(label, stretch)
