@@ -288,6 +288,16 @@ def test_a_narrow_panel_scrolls_sideways_instead_of_cutting_controls_off(qtbot):
     assert panel.minimumSizeHint().width() > content.minimumSizeHint().width()  # asks for room
 
 
+def test_the_layer_choices_name_the_chosen_layer_in_full(viewer):
+    """A long layer name is cut in the narrow box; its tooltip names the chosen layer."""
+    viewer.add_labels(np.array(viewer.layers["crop labels"].data), name="a rather long name for the labels to curate")
+    train = _dock(viewer, "Train")
+    train.set_pair(0, "crop image", "a rather long name for the labels to curate")
+    row = train._rows[0]
+    assert row.labels.toolTip().endswith(": a rather long name for the labels to curate")
+    assert row.image.toolTip() == "Image layer: crop image"
+
+
 def test_the_status_names_a_class_the_network_has_not_learnt(viewer, qtbot):
     """One epoch on labels with a few pixels of a third class: the status says that class is
     not learnt yet, with its IoU, rather than leaving "0 regions" unexplained."""

@@ -197,15 +197,7 @@ class CompareWidget(QWidget):
                       if isinstance(l, Image) and "noisyseg_source" not in l.metadata]
             labels = [l.name for l in self.viewer.layers if isinstance(l, Labels)
                       and "noisyseg_source" not in l.metadata and not is_overlay_name(l.name)]
-            for combo, names in ((self.pair.image, images), (self.pair.labels, labels)):
-                current = combo.currentText()
-                combo.blockSignals(True)
-                combo.clear()
-                combo.addItems(names)
-                keep = current if current in names else (names[-1] if names else None)
-                if keep is not None:
-                    combo.setCurrentText(keep)
-                combo.blockSignals(False)
+            self.pair.fill(images, labels, labels[-1] if labels else None)
         except RuntimeError:  # the widget is being deleted
             return
         self._update_buttons()

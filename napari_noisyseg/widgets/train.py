@@ -116,9 +116,10 @@ class PairRow(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.image = QComboBox()
-        self.image.setToolTip("Image layer")
         self.labels = QComboBox()
-        self.labels.setToolTip("Labels layer to curate (it is never modified)")
+        for box in (self.image, self.labels):
+            box.currentTextChanged.connect(self.name_choices)
+        self.name_choices()
         self.mode = QComboBox()
         for mode in MODES:
             self.mode.addItem(MODE_LABELS[mode], mode)
@@ -136,6 +137,27 @@ class PairRow(QWidget):
 
     def value(self) -> tuple:
         return self.image.currentText(), self.labels.currentText(), self.mode.currentData()
+
+    def fill(self, images: list, labels: list, default_labels: str | None) -> None:
+        """Offer these layer names, keeping the current choices when they still exist
+        (else the last image and ``default_labels``)."""
+        for combo, names, default in ((self.image, images, images[-1] if images else None),
+                                      (self.labels, labels, default_labels)):
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            keep = current if current in names else default
+            if keep is not None:
+                combo.setCurrentText(keep)
+            combo.blockSignals(False)
+        self.name_choices()
+
+    def name_choices(self, *_) -> None:
+        """Name the chosen layers in full in the tooltips: a long name is cut in the narrow box."""
+        for box, what in ((self.image, "Image layer"), (self.labels, "Labels layer to curate (it is never modified)")):
+            text = box.currentText()
+            box.setToolTip(f"{what}: {text}" if text else what)
 
 
 class TrainWidget(QWidget):
@@ -338,16 +360,7 @@ class TrainWidget(QWidget):
         except RuntimeError:  # the widget is being deleted
             return
         for row in self._rows:
-            for combo, names, default in ((row.image, images, images[-1] if images else None),
-                                          (row.labels, labels, self._default_labels(labels))):
-                current = combo.currentText()
-                combo.blockSignals(True)
-                combo.clear()
-                combo.addItems(names)
-                keep = current if current in names else default
-                if keep is not None:
-                    combo.setCurrentText(keep)
-                combo.blockSignals(False)
+            row.fill(images, labels, self._default_labels(labels))
         self._update_buttons()
 
     def add_pair(self) -> PairRow:
