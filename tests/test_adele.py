@@ -272,6 +272,7 @@ def test_training_corrects_and_keeps_trust(trained, dataset, crops):
     result, events = trained
     history = result.history
     assert len(history["iou_curves"]["1"]) == 10
+    assert history["planned_epochs"] == [10] * 10  # an epoch budget: the horizon never moves
     assert history["onset_epoch"]["1"] is not None
     fit_record = history["curve_fits"]["1"]
     assert fit_record["fired"] and len(fit_record["params"]) == 3

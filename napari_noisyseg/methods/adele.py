@@ -651,7 +651,7 @@ def fit(dataset, config, events=None):
     snapshot = None
     snapshot_epoch = None
     last_correction = None
-    periods = []
+    periods, horizons = [], []
     flip = bool(params["flip_tta"])
     run.closing_passes = 2 if flip else 1
 
@@ -676,6 +676,7 @@ def fit(dataset, config, events=None):
             break
         iou = run.history["iou"][-1] if run.history.get("iou") else None
         planned = run.planned_epochs()
+        horizons.append(planned)
         started = []
         for c in classes:
             curves[c].append(None if not iou or iou[c] is None else float(iou[c]))
@@ -721,6 +722,8 @@ def fit(dataset, config, events=None):
         "pixels_changed": [r["pixels_changed"] for r in corrector.records],
         "corrections": corrector.records,
         "correction_period": periods,
+        # The run length each epoch's onset analysis assumed (a time budget's estimate moves).
+        "planned_epochs": horizons,
         "area_weights": corrector.area_weights,
         "scales": scales,
     }
