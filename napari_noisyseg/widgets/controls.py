@@ -65,9 +65,10 @@ class DockColumnWidth(QObject):
     napari gives every dock an explicit 50-px minimum width, so a window resized after
     the docks are laid out may squeeze them below their content's minimum, and napari's
     style sheet, applied once the window shows, makes that minimum wider than it was
-    when the docks were added. In the demo the Review table's right edge was cut off in
-    about half of the screenshots. This follows every change of the contents' minimum
-    width and sets it as the minimum of all the column's docks.
+    when the docks were added (the Review widget's went from 482 to 541 px). The demo's
+    docks then stayed 480 px wide and cut off the Review table's right edge. This
+    follows every change of the contents' minimum width and sets it as the minimum of
+    all the column's docks.
     """
 
     def __init__(self, window, docks: list):
