@@ -480,6 +480,10 @@ def test_every_method_plans_the_closing_passes_it_makes(dataset, method, stopped
     result = get_method(method).fit(dataset, small_config(method=method, epochs=10 if stopped else 2), progress)
     passes = result.history["closing_passes"]
     assert result.history["closing_s"] >= 0.0
+    if method == "distill" and not stopped:
+        # Its eight Monte-Carlo passes say how far the closing is, after each but the last.
+        said = [e.message for e in progress.of(StateEvent) if e.state == "predicting"]
+        assert [m.split(" passes")[0].split(": ")[1] for m in said] == [f"{k} of 8" for k in range(1, 8)]
     if method == "confident" and not stopped:
         # Its out-of-fold maps are made while it trains; the closing predicts nothing more.
         assert passes == {"planned": 1.0, "done": 0.0}

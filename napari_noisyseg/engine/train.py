@@ -158,6 +158,11 @@ class TrainingRun:
         covered = sum(pixels[i] for i in samples)
         if self._closing_started is not None:
             self._closing_passes_done += passes * covered / sum(pixels)
+            done, planned = self._closing_passes_done, self.closing_passes
+            if 0.5 <= done < planned - 0.5:  # several passes (Distill's eight): show they advance
+                self.progress.emit(StateEvent(
+                    "predicting", f"Predicting every sample for the noise map: {done:.0f} of {planned:.0f} "
+                                  f"passes done ({self.elapsed - self._closing_started:.0f} s)…"))
         if passes <= 0 or covered < 0.5 * sum(pixels):
             return
         self._seconds_per_pass = seconds / passes * sum(pixels) / covered
