@@ -43,7 +43,7 @@ from qtpy.QtWidgets import (
 from ..engine.device import available_devices
 from ..engine.events import EpochEvent, ErrorEvent, StateEvent
 from ..methods import TrainConfig, available_methods
-from .layers import is_overlay_name
+from .layers import layer_choices
 from .state import state_for, unwrap_viewer
 from .train import PairRow
 from .controls import BudgetPicker, Collapsible, scrolling_layout, spin
@@ -190,13 +190,8 @@ class CompareWidget(QWidget):
 
     def refresh_layers(self, event=None) -> None:
         """Refill the layer pickers, keeping the current choices when they still exist."""
-        from napari.layers import Image, Labels
-
         try:
-            images = [l.name for l in self.viewer.layers
-                      if isinstance(l, Image) and "noisyseg_source" not in l.metadata]
-            labels = [l.name for l in self.viewer.layers if isinstance(l, Labels)
-                      and "noisyseg_source" not in l.metadata and not is_overlay_name(l.name)]
+            images, labels = layer_choices(self.viewer)
             self.pair.fill(images, labels, labels[-1] if labels else None)
         except RuntimeError:  # the widget is being deleted
             return

@@ -65,6 +65,17 @@ def is_overlay_name(name: str) -> bool:
     return name.endswith(SUFFIXES)
 
 
+def layer_choices(viewer) -> tuple[list, list]:
+    """Names of the image and labels layers a person may train on: not the plugin's own
+    outputs (overlays, or layers it made from a source)."""
+    from napari.layers import Image, Labels
+
+    images = [l.name for l in viewer.layers if isinstance(l, Image) and "noisyseg_source" not in l.metadata]
+    labels = [l.name for l in viewer.layers
+              if isinstance(l, Labels) and "noisyseg_source" not in l.metadata and not is_overlay_name(l.name)]
+    return images, labels
+
+
 def _direct_colormap(colours: dict):
     from napari.utils.colormaps import DirectLabelColormap
 

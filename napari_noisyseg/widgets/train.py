@@ -37,7 +37,7 @@ from ..engine.events import EpochEvent, ErrorEvent, StateEvent, StepEvent
 from ..methods import (
     DEFAULT_METHOD, TrainConfig, available_methods, fit, get_method, refit_or_fit, warm_start_refusal,
 )
-from .layers import is_overlay_name
+from .layers import layer_choices
 from .plot import TrainingPlot
 from .state import MODES, state_for, unwrap_viewer
 from .controls import BudgetPicker, Collapsible, scrolling_layout, spin
@@ -335,15 +335,6 @@ class TrainWidget(QWidget):
             layer.events.name.connect(self.refresh_layers)
         self.refresh_layers()
 
-    def _choices(self) -> tuple[list, list]:
-        from napari.layers import Image, Labels
-
-        images = [l.name for l in self.viewer.layers
-                  if isinstance(l, Image) and "noisyseg_source" not in l.metadata]
-        labels = [l.name for l in self.viewer.layers
-                  if isinstance(l, Labels) and "noisyseg_source" not in l.metadata and not is_overlay_name(l.name)]
-        return images, labels
-
     def _default_labels(self, labels: list) -> str | None:
         from napari.layers import Labels
 
@@ -356,7 +347,7 @@ class TrainWidget(QWidget):
     def refresh_layers(self, event=None) -> None:
         """Refill the layer pickers, keeping the current choices when they still exist."""
         try:
-            images, labels = self._choices()
+            images, labels = layer_choices(self.viewer)
         except RuntimeError:  # the widget is being deleted
             return
         for row in self._rows:
