@@ -155,17 +155,17 @@ class TrainingRun:
         sample is dominated by fixed costs and would overstate a whole pass.
         """
         pixels = self._sample_pixels
-        covered = sum(pixels[i] for i in samples)
+        covered, total = sum(pixels[i] for i in samples), sum(pixels)
         if self._closing_started is not None:
-            self._closing_passes_done += passes * covered / sum(pixels)
+            self._closing_passes_done += passes * covered / total
             done, planned = self._closing_passes_done, self.closing_passes
             if 0.5 <= done < planned - 0.5:  # several passes (Distill's eight): show they advance
                 self.progress.emit(StateEvent(
                     "predicting", f"Predicting every sample for the noise map: {done:.0f} of {planned:.0f} "
                                   f"passes done ({self.elapsed - self._closing_started:.0f} s)…"))
-        if passes <= 0 or covered < 0.5 * sum(pixels):
+        if passes <= 0 or covered < 0.5 * total:
             return
-        self._seconds_per_pass = seconds / passes * sum(pixels) / covered
+        self._seconds_per_pass = seconds / passes * total / covered
 
     def should_stop(self) -> bool:
         """True once stop was requested or the time budget is spent."""

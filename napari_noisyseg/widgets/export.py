@@ -119,7 +119,7 @@ class ExportWidget(QWidget):
             return
         include = tuple(k for k in self.include() if k != "checkpoint" or has_model)
         targets = export_targets(session, self.folder.text(), self.format.currentData(), include,
-                                 file_stems=self._file_stems())
+                                 file_stems=self._file_stems(self._session_inputs()))
         files = [p for paths in targets.values() for p in paths]
         counts = session.counts()
         names = ", ".join(p.name for p in files[:6]) + (f" … ({len(files)} files)" if len(files) > 6 else "")
@@ -134,9 +134,10 @@ class ExportWidget(QWidget):
             return None
         return inputs
 
-    def _file_stems(self) -> list | None:
-        """Per source, the stem of the labels file it was opened from (None for drawn labels)."""
-        inputs = self._session_inputs()
+    @staticmethod
+    def _file_stems(inputs) -> list | None:
+        """Per source of ``inputs`` (:meth:`_session_inputs`), the stem of the labels file it
+        was opened from (None for drawn labels)."""
         return None if inputs is None else [pair.file_stem for pair in inputs]
 
     def export(self, folder=None, labels_format=None, include=None, overwrite=None) -> list:
@@ -157,7 +158,7 @@ class ExportWidget(QWidget):
         metas = None if inputs is None else [pair.meta for pair in inputs]
         try:
             written = export_session(session, folder, labels_format, include, metas=metas,
-                                     result=self.state.result, overwrite=overwrite, file_stems=self._file_stems())
+                                     result=self.state.result, overwrite=overwrite, file_stems=self._file_stems(inputs))
         except (OSError, ValueError) as error:
             message = f"Export failed: {error}"
             self.status.setText(message)
