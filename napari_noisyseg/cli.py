@@ -101,12 +101,14 @@ def cmd_train(args) -> int:
     previous, start = None, ""
     if args.from_run:
         from .core.dataset import class_count
-        from .methods import warm_start_refusal
+        from .methods import refit_note, warm_start_refusal
         from .pipeline import load_run_result
 
         previous = load_run_result(args.from_run, args.method)
         refusal = warm_start_refusal(args.method, previous, class_count(loaded.labels))
+        note = refit_note(args.method)
         start = (f"; training afresh, not from {args.from_run} ({refusal}), as the viewer's Retrain does" if refusal
+                 else f"; after {args.from_run}: {args.method} trains {note}" if note
                  else f"; starting from the models of {args.from_run}")
     print(f"{len(loaded.names)} image/label pairs; method {args.method}{trusted}{start}", flush=True)
     dataset, result = train_pairs(loaded, config, None if args.quiet else _print_epoch, mode=args.mode, trust=trust,

@@ -20,7 +20,9 @@ from napari_noisyseg.core import io, metrics
 from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.engine.events import Progress, StateEvent, StepEvent
 from napari_noisyseg.engine.unet import UNet
-from napari_noisyseg.methods import REGISTRY, TrainConfig, available_methods, fit, get_method
+from napari_noisyseg.methods import (
+    REGISTRY, TrainConfig, available_methods, fit, get_method, refit_note, refit_or_fit, warm_start_refusal,
+)
 from napari_noisyseg.methods.adele import (
     adele_loss,
     consistency_map,
@@ -29,6 +31,7 @@ from napari_noisyseg.methods.adele import (
     correction_period,
     detect_onset,
     iou_curve_model,
+    memorising_classes,
     multiscale_logits,
     onset_analysis,
     scaled_size,
@@ -291,6 +294,35 @@ def test_training_corrects_and_keeps_trust(trained, dataset, crops):
     json.dumps(history)  # serialisable as is
 
 
+def test_retrain_on_decided_labels_corrects_only_at_the_end(trained, dataset, crops):
+    """The viewer's Retrain after ADELE: every proposal accepted and trusted, then ADELE's refit
+    trains on those labels as they stand and proposes once, from its final model."""
+    result, _ = trained
+    assert warm_start_refusal("adele", result, dataset.n_classes) == ""
+    assert refit_note("adele").startswith("afresh") and refit_note("coseg") == ""
+    cleaned = [c.copy() for c in result.corrected]
+    trust = [(c != s.labels) | s.trust for c, s in zip(cleaned, dataset.samples)]
+    decided = build_dataset(crops["images"], cleaned, [f"crop{i}" for i in range(len(CROPS))], modes="2d",
+                            trust=trust)
+    events = []
+    again = refit_or_fit(decided, tiny_config(params={"r": 0.5}), result, events.append)
+    history = again.history
+    assert memorising_classes(result.history) == [1] and history["carried_memorising"] == [1]
+    assert memorising_classes(history) == [1]  # a third round corrects the same classes
+    # No onset analysis and no correction while training (the first run corrected in training).
+    assert all(epoch is None for epoch in history["onset_epoch"].values())
+    assert history["correction_epochs"] == ["final"]
+    assert not any(isinstance(e, StateEvent) and e.state == "correcting" for e in events)
+    assert len(history["iou_curves"]["1"]) == 10
+    # Its proposals are the final correction's, on untrusted pixels only.
+    changed = [c != s.labels for c, s in zip(again.corrected, decided.samples)]
+    assert sum(int(m.sum()) for m in changed) == history["corrections"][-1]["pixels_differing_from_given"]
+    for mask, noise, sample in zip(changed, again.noise, decided.samples):
+        assert not (mask & sample.trust).any() and (noise[sample.trust] == 0).all()
+    # A run whose onset never fired has no class to correct: its retrain proposes nothing.
+    assert memorising_classes({"onset_epoch": {"1": None}}) == [] == memorising_classes({})
+
+
 def test_noise_ranks_wrong_pixels_higher(trained, crops):
     """The noise map finds the wrong pixels better (AP) than the learning-free boundary prior."""
     result, _ = trained
@@ -334,7 +366,7 @@ def test_stop_returns_a_usable_result(dataset):
     assert np.isfinite(result.sample_reliability).all()
 
 
-def test_cli_trains_adele(tmp_path, crops):
+def test_cli_trains_adele(tmp_path, crops, capsys):
     from napari_noisyseg.cli import main
 
     write_pairs(tmp_path, crops["images"][:2], crops["noisy"][:2])
@@ -350,3 +382,12 @@ def test_cli_trains_adele(tmp_path, crops):
     assert len(record["history"]["iou_curves"]["1"]) == 2
     noise = io.read_image(out / "noise" / "crop0.tif")[0]
     assert noise.shape == (SIZE, SIZE) and 0 <= noise.min() and noise.max() <= 1
+    # Retrain from that run (`noisyseg train --from`, the viewer's Retrain): says how ADELE trains.
+    code = main(["train", "--images", str(tmp_path / "images"), "--labels", str(out / "corrected"),
+                 "--method", "adele", "--epochs", "1", "--patch-size", "64", "--batch-size", "4",
+                 "--width", "8", "--depth", "3", "--device", "cpu", "--param", "scales=[1.0]",
+                 "--from", str(out), "--out", str(tmp_path / "again"), "--quiet"])
+    assert code == 0
+    assert f"after {out}: adele trains afresh on the decided labels" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again" / "history.json").read_text())["history"]
+    assert again["carried_memorising"] == memorising_classes(record["history"])

@@ -73,6 +73,13 @@ def warm_start_refusal(method: str, previous, n_classes: int | None = None) -> s
     return ""
 
 
+def refit_note(method: str) -> str:
+    """How ``method``'s ``refit`` trains where it does not continue the earlier models
+    (its module's ``REFIT_NOTE``, e.g. ADELE's "afresh on the decided labels …"); "" where
+    it continues them (Co-Seg)."""
+    return getattr(get_method(method), "REFIT_NOTE", "")
+
+
 def refit_or_fit(dataset, config: TrainConfig, previous=None, events=None) -> CurationResult:
     """``config.method`` warm-started from ``previous`` where :func:`warm_start_refusal` gives
     no reason not to, else trained afresh (also when ``previous`` is None). The viewer's and
@@ -83,4 +90,4 @@ def refit_or_fit(dataset, config: TrainConfig, previous=None, events=None) -> Cu
 
 
 __all__ = ["REGISTRY", "DEFAULT_METHOD", "CurationResult", "TrainConfig", "available_methods", "fit", "get_method",
-           "has_refit", "refit_or_fit", "warm_start_refusal"]
+           "has_refit", "refit_note", "refit_or_fit", "warm_start_refusal"]

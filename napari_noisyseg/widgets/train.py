@@ -35,7 +35,7 @@ from ..core.dataset import class_count
 from ..engine.device import available_devices, resolve_device
 from ..engine.events import EpochEvent, ErrorEvent, StateEvent, StepEvent
 from ..methods import (
-    DEFAULT_METHOD, TrainConfig, available_methods, fit, get_method, refit_or_fit, warm_start_refusal,
+    DEFAULT_METHOD, TrainConfig, available_methods, fit, get_method, refit_note, refit_or_fit, warm_start_refusal,
 )
 from .layers import layer_choices
 from .plot import TrainingPlot
@@ -439,8 +439,9 @@ class TrainWidget(QWidget):
     def retrain(self):
         """Train on the cleaned labels with decided regions and hand edits trusted.
 
-        Starts from the current models when the method has ``refit`` and they hold the
-        cleaned labels' classes (:func:`~napari_noisyseg.methods.warm_start_refusal`);
+        Runs the method's ``refit`` (Co-Seg starts from the current models; ADELE trains
+        afresh without correcting during training) when it has one and the current models
+        hold the cleaned labels' classes (:func:`~napari_noisyseg.methods.warm_start_refusal`);
         otherwise trains anew and says why.
         """
         state = self.state
@@ -468,7 +469,7 @@ class TrainWidget(QWidget):
             return dataset, refit_or_fit(dataset, config, previous, progress)
 
         notes.append(f"Retraining {config.method} from scratch ({refusal})" if refusal
-                     else f"Retraining {config.method} from the current models")
+                     else f"Retraining {config.method} {refit_note(config.method) or 'from the current models'}")
         counts = state.session.counts()
         notes.append(f"{int(sum(t.sum() for t in trust))} trusted pixels "
                      f"({counts['accepted']} accepted, {counts['rejected']} rejected regions).")
