@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the method never changes it), e.g. OUT/trust of `noisyseg apply`")
     p.add_argument("--from", dest="from_run", default=None, metavar="RUN",
                    help="an earlier run folder of the same method to start from, as the viewer's \"Retrain with "
-                   "decisions\" does: a method with a warm start (coseg) continues its networks, the others train "
-                   "afresh")
+                   "decisions\" does: coseg continues its networks; adele trains afresh on the decided labels and "
+                   "corrects once at the end, for the classes RUN corrected; the others train afresh")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (JSON value); repeatable")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
