@@ -1,7 +1,10 @@
 """The method registry: one module per method, one line per registration.
 
 Every method module exposes ``NAME``, ``SUMMARY``, ``DEFAULTS`` (its own
-parameters) and ``fit(dataset, config, events) -> CurationResult``.
+parameters) and ``fit(dataset, config, events) -> CurationResult``. A module may add
+``refit(dataset, config, previous, events)``, its retrain after an earlier result of its
+own (the viewer's "Retrain with decisions"), and ``REFIT_NOTE`` where that retrain does
+not continue the earlier models.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def fit(dataset, config: TrainConfig, events=None) -> CurationResult:
 
 
 def has_refit(method: str) -> bool:
-    """Whether ``method``'s module can warm-start from an earlier result (has ``refit``)."""
+    """Whether ``method``'s module has its own retrain after an earlier result (``refit``)."""
     return callable(getattr(get_method(method), "refit", None))
 
 
@@ -81,8 +84,9 @@ def refit_note(method: str) -> str:
 
 
 def refit_or_fit(dataset, config: TrainConfig, previous=None, events=None) -> CurationResult:
-    """``config.method`` warm-started from ``previous`` where :func:`warm_start_refusal` gives
-    no reason not to, else trained afresh (also when ``previous`` is None). The viewer's and
+    """``config.method``'s ``refit`` after ``previous`` (Co-Seg warm-starts from its models, ADELE
+    trains afresh on the decided labels) where :func:`warm_start_refusal` gives no reason not
+    to, else ``fit`` afresh (also when ``previous`` is None). The viewer's and
     ``noisyseg train --from``'s retrain."""
     if not warm_start_refusal(config.method, previous, dataset.n_classes):
         return get_method(config.method).refit(dataset, config, previous, events)
