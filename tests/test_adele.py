@@ -8,6 +8,7 @@ a minute on two CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -321,6 +322,9 @@ def test_retrain_on_decided_labels_corrects_only_at_the_end(trained, dataset, cr
         assert not (mask & sample.trust).any() and (noise[sample.trust] == 0).all()
     # A run whose onset never fired has no class to correct: its retrain proposes nothing.
     assert memorising_classes({"onset_epoch": {"1": None}}) == [] == memorising_classes({})
+    # A loaded model has no run history: the retrain is a first run, and says why.
+    loaded = dataclasses.replace(result, history={"loaded": True})
+    assert "not known (a loaded model)" in warm_start_refusal("adele", loaded, dataset.n_classes)
 
 
 def test_noise_ranks_wrong_pixels_higher(trained, crops):

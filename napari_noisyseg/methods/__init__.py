@@ -3,8 +3,9 @@
 Every method module exposes ``NAME``, ``SUMMARY``, ``DEFAULTS`` (its own
 parameters) and ``fit(dataset, config, events) -> CurationResult``. A module may add
 ``refit(dataset, config, previous, events)``, its retrain after an earlier result of its
-own (the viewer's "Retrain with decisions"), and ``REFIT_NOTE`` where that retrain does
-not continue the earlier models.
+own (the viewer's "Retrain with decisions"), ``REFIT_NOTE`` where that retrain does
+not continue the earlier models, and ``refit_refusal(previous) -> str``, why it cannot
+retrain after that result ("" when it can).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def warm_start_refusal(method: str, previous, n_classes: int | None = None) -> s
         return f"{method} has no trained model of its own to start from"
     if n_classes is not None and n_classes != previous.n_classes:
         return f"the labels hold {n_classes} classes, its models {previous.n_classes}"
-    return ""
+    method_refusal = getattr(get_method(method), "refit_refusal", None)
+    return method_refusal(previous) if callable(method_refusal) else ""
 
 
 def refit_note(method: str) -> str:

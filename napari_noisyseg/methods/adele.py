@@ -647,6 +647,15 @@ def memorising_classes(history: dict) -> list:
     return sorted(int(c) for c, epoch in (history.get("onset_epoch") or {}).items() if epoch is not None)
 
 
+def refit_refusal(previous) -> str:
+    """Why :func:`refit` cannot follow ``previous``: a model loaded from a file carries no
+    run history, so which classes its run corrected is unknown ("" when known)."""
+    history = previous.history or {}
+    if "carried_memorising" in history or "onset_epoch" in history:
+        return ""
+    return "its run history, which says which classes it corrected, is not known (a loaded model)"
+
+
 def refit(dataset, config, previous, events=None):
     """ADELE's retrain after a person decided on an earlier ADELE run's proposals.
 
