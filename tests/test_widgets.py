@@ -618,6 +618,27 @@ def test_coseg_retrain_starts_from_the_current_models(viewer, qtbot):
     assert train.state.result.method == "coseg"
 
 
+def test_adele_retrain_trains_on_the_decisions_and_a_loaded_model_trains_as_a_first_run(viewer, qtbot, tmp_path):
+    """Retrain after ADELE: afresh on the decided labels with no onset during training, the
+    earlier run's memorising classes carried; a loaded ADELE model has no run history, so its
+    Retrain is a first run and the note says why."""
+    train = _train_widget(viewer, epochs=2, preview_every=0)
+    train.method.setCurrentIndex(train.method.findData("adele"))
+    _run(qtbot, train)
+    first = train.state.result.history
+    _run(qtbot, train, button=train.retrain_button)
+    assert "Retraining adele afresh on the decided labels" in train.status.text()
+    history = train.state.result.history
+    assert history["carried_memorising"] == sorted(int(c) for c, e in first["onset_epoch"].items() if e is not None)
+    assert all(epoch is None for epoch in history["onset_epoch"].values())
+    job = train.load_model(train.save_model(tmp_path / "adele.safetensors"))
+    qtbot.waitUntil(lambda: not train.state.busy, timeout=60000)
+    assert job.outcome.error is None
+    _run(qtbot, train, button=train.retrain_button)
+    assert "Retraining adele from scratch (its run history" in train.status.text()
+    assert train.state.result.history["carried_memorising"] is None
+
+
 def test_a_loaded_coseg_model_retrains_warm_and_a_new_class_trains_afresh(viewer, qtbot, tmp_path):
     """Yesterday's saved Co-Seg model, loaded today, is what Retrain continues; a class its
     models lack (painted on cleaned) makes Retrain start afresh, and its note says so first."""
