@@ -71,6 +71,7 @@ CEILING, FLOOR = "ceiling (clean)", "floor (noisy)"
 RETRAIN = " → retrain"  # suffix of a row trained afresh on another row's corrected labels
 # Suffix of a row that is the viewer's "Retrain with decisions" with every proposal accepted.
 DECIDED = " → accept all → {method} (trust)"
+AFRESH = " → accept all → {method} (trust, afresh)"  # the same labels, trained as a first run (no --from)
 
 
 def tracked_files(root: Path) -> list:
@@ -200,7 +201,8 @@ def param_args(params: dict, method: str) -> list:
 
 def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, epochs: int, lr_schedule: str,
         seed: int, train_seed: int, work: Path, say=print, root: Path = ROOT, split: str = "unseen",
-        params: dict | None = None, retrain: bool = False, decided: bool = False) -> dict:
+        params: dict | None = None, retrain: bool = False, decided: bool = False,
+        decided_afresh: bool = False) -> dict:
     """Ceiling, floor and ``methods`` trained through the command line on unseen images (``split``
     "unseen") or on quality.py's full split ("benchmark").
 
@@ -211,6 +213,9 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     ``decided``: after each method, ``noisyseg apply --accept-above 0`` on its run and the same
     method trained on the cleaned labels with the trust masks, ``--from`` its run (row ``"<method> → accept all →
     <method> (trust)"``, with ``"cleaned"``: Dice of the cleaned labels against the clean ones).
+    ``decided_afresh``: the same accepted labels and trust masks, but the method trained without
+    ``--from``, as a first run (row ``"<method> → accept all → <method> (trust, afresh)"``): what the
+    viewer's Retrain does after a loaded model, and what ADELE's did before ``adele.refit``.
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
     (mean over foreground classes, and per class) and, for every run on the noisy labels,
@@ -246,6 +251,8 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
             plan.append((row + RETRAIN, "baseline", _run_dir(work, row) / "corrected", None))
         if decided and row != FLOOR:
             plan.append((row + DECIDED.format(method=method), method, None, row))
+        if decided_afresh and row != FLOOR:
+            plan.append((row + AFRESH.format(method=method), method, None, row))
     rows = []
     for row, method, labels, accepted_from in plan:
         say(f"  {row} ...")
@@ -254,10 +261,13 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
         if accepted_from is not None:
             # The user's review without a viewer: every proposed region of the first round accepted.
             applied = _applied_dir(work, accepted_from)
-            noisyseg(["apply", "--run", _run_dir(work, accepted_from), "--labels", sim / "labels",
-                      "--accept-above", 0, "--out", applied], log)
+            if not applied.exists():  # both decided rows accept the same first round's proposals
+                noisyseg(["apply", "--run", _run_dir(work, accepted_from), "--labels", sim / "labels",
+                          "--accept-above", 0, "--out", applied], log)
             cleaned = {"cleaned": _segmentation(evaluate(applied / "cleaned", work / "train" / "clean", log))}
-            labels, trust = applied / "cleaned", ["--trust", applied / "trust", "--from", _run_dir(work, accepted_from)]
+            labels, trust = applied / "cleaned", ["--trust", applied / "trust"]
+            if not row.endswith(AFRESH.format(method=method)):
+                trust += ["--from", _run_dir(work, accepted_from)]
         seconds = noisyseg(["train", "--images", work / "train" / "images", "--labels", labels, "--method", method,
                             *train_args(profile, epochs, lr_schedule, train_seed), *param_args(params, method),
                             *trust, "--out", out], log)
@@ -354,9 +364,10 @@ def markdown(report: dict) -> str:
     if accepted:
         lines += ["Rows `→ accept all → M (trust)`: `noisyseg apply --accept-above 0` on the first round's run "
                   "(every proposed region accepted), then `noisyseg train --method M --trust --from RUN` on its "
-                  "cleaned labels: the viewer's \"Retrain with decisions\". Dice(cleaned, clean) of the labels it trained on: "
-                  + "; ".join(f"{r['row'].split(' → ')[0]} {r['cleaned']['dice']:.3f} "
-                              f"({_classes(r['cleaned']['dice_per_class'][1:])})" for r in accepted) + ".", ""]
+                  "cleaned labels: the viewer's \"Retrain with decisions\"; `(trust, afresh)`: the same labels and "
+                  "trust masks without `--from`, trained as a first run. Dice(cleaned, clean) of the labels it trained on: "
+                  + "; ".join(f"{first} {r['cleaned']['dice']:.3f} ({_classes(r['cleaned']['dice_per_class'][1:])})"
+                              for first, r in {r['row'].split(' → ')[0]: r for r in accepted}.items()) + ".", ""]
     return "\n".join(lines)
 
 
@@ -490,6 +501,10 @@ def main(argv=None) -> int:
                              "accepted: noisyseg apply --accept-above 0, then the same method on the cleaned "
                              "labels with --trust and --from its run: "
                              "rows '<method> → accept all → <method> (trust)'")
+    parser.add_argument("--retrain-with-decisions-afresh", action="store_true",
+                        help="as --retrain-with-decisions, but the method trains on the cleaned labels as a first "
+                             "run (no --from): what the viewer's Retrain does after a loaded model; "
+                             "rows '<method> → accept all → <method> (trust, afresh)'")
     parser.add_argument("--against", default=FLOOR,
                         help=f"with --summarise: the row the paired columns compare with (default {FLOOR!r}; "
                              f"e.g. {FLOOR + RETRAIN!r})")
@@ -523,7 +538,8 @@ def main(argv=None) -> int:
     try:
         report.update(run(args.data, args.setting, methods, profile.n_train, args.n_test or profile.n_test,
                           args.epochs, args.lr_schedule, args.seed, args.train_seed, work, split=args.split,
-                          params=params, retrain=args.retrain, decided=args.retrain_with_decisions))
+                          params=params, retrain=args.retrain, decided=args.retrain_with_decisions,
+                          decided_afresh=args.retrain_with_decisions_afresh))
     except (quality.DataError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -57,16 +57,16 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path, capsys):
     _unnamed_volumes(tmp_path)
     said = []
     work = tmp_path / "work"
-    # --retrain and --retrain-with-decisions as well: their rows ride on this run's floor and method
-    # (one run, six trainings).
+    # --retrain and both --retrain-with-decisions rows as well: they ride on this run's floor and method
+    # (one run, seven trainings).
     result = unseen.run(tmp_path / "data", "hippocampus/erode_dilate", ["clcs"], 1, 1, 1, "cosine", 0, 0,
-                        work, say=said.append, retrain=True, decided=True)
+                        work, say=said.append, retrain=True, decided=True, decided_afresh=True)
     assert result["split"]["n_unseen"] == 2 and "hippocampus_148" not in result["split"]["train"] + \
         result["split"]["test"]
     floor_retrain, clcs_retrain = unseen.FLOOR + unseen.RETRAIN, "clcs" + unseen.RETRAIN
-    clcs_decided = "clcs → accept all → clcs (trust)"
+    clcs_decided, clcs_afresh = "clcs → accept all → clcs (trust)", "clcs → accept all → clcs (trust, afresh)"
     assert [r["row"] for r in result["rows"]] == [unseen.CEILING, unseen.FLOOR, floor_retrain, "clcs", clcs_retrain,
-                                                  clcs_decided]
+                                                  clcs_decided, clcs_afresh]
     assert 0.0 < result["noisy"]["dice"] < 1.0  # the simulator corrupted the training labels
     assert 0.0 < result["prior"]["ap"] < 1.0
     for row in result["rows"]:
@@ -74,7 +74,8 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path, capsys):
     for row in result["rows"][1:]:
         assert 0.0 <= row["corrected"]["dice"] <= 1.0 and 0.0 <= row["noise"]["auroc"] <= 1.0
     commands = [c["command"].split()[1] for c in result["commands"]]
-    assert commands.count("train") == 6 and commands.count("predict") == 6 and commands[0] == "simulate"
+    assert commands.count("train") == 7 and commands.count("predict") == 7 and commands[0] == "simulate"
+    assert commands.count("apply") == 1  # both decided rows train on the same accepted proposals
     # Each retrain row is a baseline on the preceding run's corrected labels, never on the noisy ones.
     trains = [c["command"] for c in result["commands"] if c["command"].split()[1] == "train"]
     for command, source in ((trains[2], "floor_noisy"), (trains[4], "clcs")):
@@ -85,6 +86,9 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path, capsys):
     assert f"--run {work / 'runs' / 'clcs'} " in apply_command and "--accept-above 0 " in apply_command
     assert "--method clcs" in trains[5] and f"--labels {applied / 'cleaned'} " in trains[5]
     assert f"--trust {applied / 'trust'} --from {work / 'runs' / 'clcs'} " in trains[5]
+    # ... and afresh: the same labels and trust masks, trained as a first run.
+    assert f"--labels {applied / 'cleaned'} " in trains[6] and f"--trust {applied / 'trust'} " in trains[6]
+    assert "--from" not in trains[6] and result["rows"][6]["cleaned"] == result["rows"][5]["cleaned"]
     assert len(list((applied / "cleaned").iterdir())) == 1 and len(list((applied / "trust").iterdir())) == 1
     # Accepting every proposed region reproduces the first round's corrected labels.
     assert result["rows"][5]["cleaned"] == result["rows"][3]["corrected"]
@@ -95,8 +99,9 @@ def test_commands_end_to_end_on_unnamed_volumes(tmp_path, capsys):
     report = {**unseen.quality.run_metadata([], unseen.SCRIPT), "setting": "hippocampus/erode_dilate", "seed": 0,
               "train_seed": 0, "epochs": 1, "lr_schedule": "cosine", "n_train": 1, **result}
     table = unseen.markdown(report)
-    assert table.count("\n| ") == 7 and "| clcs |" in table and f"| {clcs_retrain} |" in table
-    assert f"| {clcs_decided} |" in table and f"trained on: clcs {result['rows'][5]['cleaned']['dice']:.3f}" in table
+    assert table.count("\n| ") == 8 and "| clcs |" in table and f"| {clcs_retrain} |" in table
+    assert f"| {clcs_decided} |" in table and f"| {clcs_afresh} |" in table
+    assert f"trained on: clcs {result['rows'][5]['cleaned']['dice']:.3f} (" in table and "; clcs" not in table
     json.dumps(report)
     # Several runs: each method paired with the floor of its own run.
     second = json.loads(json.dumps(report))
