@@ -214,8 +214,8 @@ def run(data_dir, setting_name: str, methods: list, n_train: int, n_test: int, e
     method trained on the cleaned labels with the trust masks, ``--from`` its run (row ``"<method> → accept all →
     <method> (trust)"``, with ``"cleaned"``: Dice of the cleaned labels against the clean ones).
     ``decided_afresh``: the same accepted labels and trust masks, but the method trained without
-    ``--from``, as a first run (row ``"<method> → accept all → <method> (trust, afresh)"``): what the
-    viewer's Retrain does after a loaded model, and what ADELE's did before ``adele.refit``.
+    ``--from``, as a first run (row ``"<method> → accept all → <method> (trust, afresh)"``): what
+    ADELE's Retrain did before ``adele.refit``.
 
     Returns ``{"split", "commands", "noisy", "prior", "rows"}``; a row holds the test Dice
     (mean over foreground classes, and per class) and, for every run on the noisy labels,
@@ -503,7 +503,7 @@ def main(argv=None) -> int:
                              "rows '<method> → accept all → <method> (trust)'")
     parser.add_argument("--retrain-with-decisions-afresh", action="store_true",
                         help="as --retrain-with-decisions, but the method trains on the cleaned labels as a first "
-                             "run (no --from): what the viewer's Retrain does after a loaded model; "
+                             "run (no --from): what ADELE's Retrain did before adele.refit; "
                              "rows '<method> → accept all → <method> (trust, afresh)'")
     parser.add_argument("--against", default=FLOOR,
                         help=f"with --summarise: the row the paired columns compare with (default {FLOOR!r}; "

@@ -518,6 +518,13 @@ def predict_images(model_path, loaded: LoadedPairs, device="auto", precision="au
     return dataset.reassemble([p.argmax(0).astype(np.int32) for p in probabilities])
 
 
+def _loaded_history(checkpoint) -> dict:
+    """A loaded model's history: marked loaded, with what its method's retrain needs from the
+    run that trained it (``refit_state``, where the checkpoint recorded one)."""
+    state = checkpoint.extra.get("refit_state")
+    return {"loaded": True, **({"refit_state": state} if isinstance(state, dict) else {})}
+
+
 def predict_result(checkpoint, dataset, device: str = "auto", precision: str = "auto", events=None):
     """A :class:`~napari_noisyseg.methods.base.CurationResult` from a loaded checkpoint.
 
@@ -563,7 +570,7 @@ def predict_result(checkpoint, dataset, device: str = "auto", precision: str = "
     progress.emit(StateEvent("done", "Prediction finished."))
     return CurationResult(
         method=checkpoint.method, probabilities=probabilities, noise=noise, corrected=corrected,
-        sample_reliability=np.asarray(reliability, np.float64), history={"loaded": True},
+        sample_reliability=np.asarray(reliability, np.float64), history=_loaded_history(checkpoint),
         models=checkpoint.models, config=config, final_model=checkpoint.final_model,
         n_classes=checkpoint.n_classes, in_channels=checkpoint.in_channels, device_note=note,
     )

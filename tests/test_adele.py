@@ -18,6 +18,7 @@ import torch
 
 from napari_noisyseg._sample_data import load_bbbc
 from napari_noisyseg.core import io, metrics
+from napari_noisyseg.core.checkpoint import load_checkpoint, save_result
 from napari_noisyseg.core.dataset import build_dataset
 from napari_noisyseg.engine.events import Progress, StateEvent, StepEvent
 from napari_noisyseg.engine.unet import UNet
@@ -38,6 +39,7 @@ from napari_noisyseg.methods.adele import (
     scaled_size,
     skip_leading,
 )
+from napari_noisyseg.pipeline import predict_result
 
 from helpers import write_pairs
 
@@ -295,7 +297,7 @@ def test_training_corrects_and_keeps_trust(trained, dataset, crops):
     json.dumps(history)  # serialisable as is
 
 
-def test_retrain_on_decided_labels_corrects_only_at_the_end(trained, dataset, crops):
+def test_retrain_on_decided_labels_corrects_only_at_the_end(trained, dataset, crops, tmp_path):
     """The viewer's Retrain after ADELE: every proposal accepted and trusted, then ADELE's refit
     trains on those labels as they stand and proposes once, from its final model."""
     result, _ = trained
@@ -322,9 +324,15 @@ def test_retrain_on_decided_labels_corrects_only_at_the_end(trained, dataset, cr
         assert not (mask & sample.trust).any() and (noise[sample.trust] == 0).all()
     # A run whose onset never fired has no class to correct: its retrain proposes nothing.
     assert memorising_classes({"onset_epoch": {"1": None}}) == [] == memorising_classes({})
-    # A loaded model has no run history: the retrain is a first run, and says why.
-    loaded = dataclasses.replace(result, history={"loaded": True})
-    assert "not known (a loaded model)" in warm_start_refusal("adele", loaded, dataset.n_classes)
+    assert result.history["refit_state"] == {"memorising_classes": [1]} == history["refit_state"]
+    # A model saved and loaded again keeps the classes to correct, so its retrain is this one too.
+    path = save_result(tmp_path / "adele.safetensors", result)
+    loaded = predict_result(load_checkpoint(path), decided)
+    assert loaded.history == {"loaded": True, "refit_state": {"memorising_classes": [1]}}
+    assert warm_start_refusal("adele", loaded, dataset.n_classes) == "" and memorising_classes(loaded.history) == [1]
+    # A model file saved before it kept them: the retrain is a first run, and says why.
+    older = dataclasses.replace(result, history={"loaded": True})
+    assert "not in the model file" in warm_start_refusal("adele", older, dataset.n_classes)
 
 
 def test_noise_ranks_wrong_pixels_higher(trained, crops):

@@ -618,10 +618,10 @@ def test_coseg_retrain_starts_from_the_current_models(viewer, qtbot):
     assert train.state.result.method == "coseg"
 
 
-def test_adele_retrain_trains_on_the_decisions_and_a_loaded_model_trains_as_a_first_run(viewer, qtbot, tmp_path):
+def test_adele_retrain_trains_on_the_decisions_also_after_load_model(viewer, qtbot, tmp_path):
     """Retrain after ADELE: afresh on the decided labels with no onset during training, the
-    earlier run's memorising classes carried; a loaded ADELE model has no run history, so its
-    Retrain is a first run and the note says why."""
+    earlier run's memorising classes carried; a saved and loaded ADELE model keeps those
+    classes, so its Retrain is the same."""
     train = _train_widget(viewer, epochs=2, preview_every=0)
     train.method.setCurrentIndex(train.method.findData("adele"))
     _run(qtbot, train)
@@ -634,9 +634,10 @@ def test_adele_retrain_trains_on_the_decisions_and_a_loaded_model_trains_as_a_fi
     job = train.load_model(train.save_model(tmp_path / "adele.safetensors"))
     qtbot.waitUntil(lambda: not train.state.busy, timeout=60000)
     assert job.outcome.error is None
+    assert train.state.result.history["refit_state"] == {"memorising_classes": history["carried_memorising"]}
     _run(qtbot, train, button=train.retrain_button)
-    assert "Retraining adele from scratch (its run history" in train.status.text()
-    assert train.state.result.history["carried_memorising"] is None
+    assert "Retraining adele afresh on the decided labels" in train.status.text()
+    assert train.state.result.history["carried_memorising"] == history["carried_memorising"]
 
 
 def test_a_loaded_coseg_model_retrains_warm_and_a_new_class_trains_afresh(viewer, qtbot, tmp_path):

@@ -180,10 +180,14 @@ def save_result(path, result, overwrite: bool = False, extra: dict | None = None
     """Save the models of a :class:`~napari_noisyseg.methods.base.CurationResult`.
 
     ``extra["patch_size"]`` records the patch side training actually used (prediction
-    pads small samples to it, as training did).
+    pads small samples to it, as training did); ``extra["refit_state"]`` keeps
+    ``result.history["refit_state"]``, what the method's retrain needs from the run (ADELE:
+    the classes it corrected), so a loaded model retrains as the run it came from would.
     """
     extra = dict(extra or {})
     extra.setdefault("patch_size", result.history.get("patch_size", result.config.patch_size))
+    if isinstance(result.history.get("refit_state"), dict):
+        extra.setdefault("refit_state", result.history["refit_state"])
     return save_checkpoint(
         path, result.models, result.method, result.config.to_dict(), result.n_classes,
         result.in_channels, result.final_model, extra=extra, overwrite=overwrite,

@@ -641,19 +641,29 @@ REFIT_NOTE = "afresh on the decided labels as they stand; its label correction r
 
 def memorising_classes(history: dict) -> list:
     """The foreground classes an ADELE run corrected: those whose onset fired, or those a
-    retrain carried over from the run before it (``history["carried_memorising"]``)."""
+    retrain carried over from the run before it (``history["carried_memorising"]``); for a
+    loaded model, the ones its checkpoint recorded (``history["refit_state"]``)."""
     if history.get("carried_memorising") is not None:
         return sorted(int(c) for c in history["carried_memorising"])
+    if "onset_epoch" not in history and _saved_memorising(history) is not None:
+        return sorted(int(c) for c in _saved_memorising(history))
     return sorted(int(c) for c, epoch in (history.get("onset_epoch") or {}).items() if epoch is not None)
 
 
+def _saved_memorising(history: dict):
+    """The memorising classes a saved model's checkpoint carried (None when it carried none)."""
+    state = history.get("refit_state")
+    return state.get("memorising_classes") if isinstance(state, dict) else None
+
+
 def refit_refusal(previous) -> str:
-    """Why :func:`refit` cannot follow ``previous``: a model loaded from a file carries no
-    run history, so which classes its run corrected is unknown ("" when known)."""
+    """Why :func:`refit` cannot follow ``previous``: a model loaded from a checkpoint that does
+    not record which classes its run corrected (saved before ``refit_state`` existed) ("" when
+    known)."""
     history = previous.history or {}
-    if "carried_memorising" in history or "onset_epoch" in history:
+    if "carried_memorising" in history or "onset_epoch" in history or _saved_memorising(history) is not None:
         return ""
-    return "its run history, which says which classes it corrected, is not known (a loaded model)"
+    return "its run history, which says which classes it corrected, is not in the model file (saved by an older version)"
 
 
 def refit(dataset, config, previous, events=None):
@@ -690,6 +700,9 @@ def refit(dataset, config, previous, events=None):
     -------
     CurationResult
         ``history["carried_memorising"]`` holds the classes corrected at the end.
+
+    A model saved and loaded again (Save model / Load model, or Export's checkpoint) keeps
+    ``history["refit_state"]``, so its Retrain is this one too.
     """
     return _fit(dataset, config, events, carried=memorising_classes(previous.history or {}))
 
@@ -790,5 +803,7 @@ def _fit(dataset, config, events=None, carried=None):
         "area_weights": corrector.area_weights,
         "scales": scales,
         "carried_memorising": None if carried is None else memorising,
+        # What a retrain needs from this run; the checkpoint keeps it, so a loaded model retrains alike.
+        "refit_state": {"memorising_classes": memorising},
     }
     return result_from_run(run, probabilities, noise, corrected, {"model": model}, history_extra=history_extra)
