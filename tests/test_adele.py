@@ -332,7 +332,7 @@ def test_retrain_on_decided_labels_corrects_only_at_the_end(trained, dataset, cr
     assert warm_start_refusal("adele", loaded, dataset.n_classes) == "" and memorising_classes(loaded.history) == [1]
     # A model file saved before it kept them: the retrain is a first run, and says why.
     older = dataclasses.replace(result, history={"loaded": True})
-    assert "not in the model file" in warm_start_refusal("adele", older, dataset.n_classes)
+    assert "not in this model file" in warm_start_refusal("adele", older, dataset.n_classes)
 
 
 def test_noise_ranks_wrong_pixels_higher(trained, crops):

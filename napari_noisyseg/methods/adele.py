@@ -663,7 +663,7 @@ def refit_refusal(previous) -> str:
     history = previous.history or {}
     if "carried_memorising" in history or "onset_epoch" in history or _saved_memorising(history) is not None:
         return ""
-    return "its run history, which says which classes it corrected, is not in the model file (saved by an older version)"
+    return "its run history, which says which classes it corrected, is not in this model file, saved by an older version"
 
 
 def refit(dataset, config, previous, events=None):
