@@ -640,18 +640,20 @@ REFIT_NOTE = "afresh on the decided labels as they stand; its label correction r
 
 
 def memorising_classes(history: dict) -> list:
-    """The foreground classes an ADELE run corrected: those whose onset fired, or those a
-    retrain carried over from the run before it (``history["carried_memorising"]``); for a
-    loaded model, the ones its checkpoint recorded (``history["refit_state"]``)."""
+    """The foreground classes an ADELE run corrected, as its run recorded them
+    (``history["refit_state"]``, kept by a saved model too); for a run folder written before
+    that record existed, those a retrain carried over (``history["carried_memorising"]``) or
+    those whose onset fired."""
+    saved = _saved_memorising(history)
+    if saved is not None:
+        return sorted(int(c) for c in saved)
     if history.get("carried_memorising") is not None:
         return sorted(int(c) for c in history["carried_memorising"])
-    if "onset_epoch" not in history and _saved_memorising(history) is not None:
-        return sorted(int(c) for c in _saved_memorising(history))
     return sorted(int(c) for c, epoch in (history.get("onset_epoch") or {}).items() if epoch is not None)
 
 
 def _saved_memorising(history: dict):
-    """The memorising classes a saved model's checkpoint carried (None when it carried none)."""
+    """The memorising classes a run's ``refit_state`` records (None where it has none)."""
     state = history.get("refit_state")
     return state.get("memorising_classes") if isinstance(state, dict) else None
 
