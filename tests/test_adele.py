@@ -302,7 +302,7 @@ def test_retrain_on_decided_labels_corrects_only_at_the_end(trained, dataset, cr
     trains on those labels as they stand and proposes once, from its final model."""
     result, _ = trained
     assert warm_start_refusal("adele", result, dataset.n_classes) == ""
-    assert refit_note("adele").startswith("afresh") and refit_note("coseg") == ""
+    assert refit_note("adele").startswith("afresh") and "baseline" in refit_note("adele") and refit_note("coseg") == ""
     cleaned = [c.copy() for c in result.corrected]
     trust = [(c != s.labels) | s.trust for c, s in zip(cleaned, dataset.samples)]
     decided = build_dataset(crops["images"], cleaned, [f"crop{i}" for i in range(len(CROPS))], modes="2d",
