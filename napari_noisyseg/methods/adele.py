@@ -646,27 +646,31 @@ def memorising_classes(history: dict) -> list:
     """The foreground classes an ADELE run corrected, as its run recorded them
     (``history["refit_state"]``, kept by a saved model too); for a run folder written before
     that record existed, those a retrain carried over (``history["carried_memorising"]``) or
-    those whose onset fired."""
-    saved = _saved_memorising(history)
-    if saved is not None:
-        return sorted(int(c) for c in saved)
-    if history.get("carried_memorising") is not None:
-        return sorted(int(c) for c in history["carried_memorising"])
-    return sorted(int(c) for c, epoch in (history.get("onset_epoch") or {}).items() if epoch is not None)
+    those whose onset fired; [] where the history records none."""
+    recorded = _recorded_memorising(history)
+    return [] if recorded is None else recorded
 
 
-def _saved_memorising(history: dict):
-    """The memorising classes a run's ``refit_state`` records (None where it has none)."""
+def _recorded_memorising(history: dict) -> list | None:
+    """:func:`memorising_classes`, or None where the history does not say (a model file saved
+    before ``refit_state`` existed): the one place that knows where a run records them."""
     state = history.get("refit_state")
-    return state.get("memorising_classes") if isinstance(state, dict) else None
+    if isinstance(state, dict) and state.get("memorising_classes") is not None:
+        classes = state["memorising_classes"]
+    elif history.get("carried_memorising") is not None:
+        classes = history["carried_memorising"]
+    elif "onset_epoch" in history or "carried_memorising" in history:
+        classes = [c for c, epoch in (history.get("onset_epoch") or {}).items() if epoch is not None]
+    else:
+        return None
+    return sorted(int(c) for c in classes)
 
 
 def refit_refusal(previous) -> str:
     """Why :func:`refit` cannot follow ``previous``: a model loaded from a checkpoint that does
     not record which classes its run corrected (saved before ``refit_state`` existed) ("" when
     known)."""
-    history = previous.history or {}
-    if "carried_memorising" in history or "onset_epoch" in history or _saved_memorising(history) is not None:
+    if _recorded_memorising(previous.history or {}) is not None:
         return ""
     return "its run history, which says which classes it corrected, is not in this model file, saved by an older version"
 
